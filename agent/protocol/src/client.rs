@@ -1,0 +1,129 @@
+//! A blocking agent client over the VMM's hybrid vsock socket.
+
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::{HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest};
+use crate::agent_ttrpc::AgentServiceClient;
+use crate::hybrid_vsock::{self, HandshakeError};
+use crate::AGENT_VSOCK_PORT;
+
+/// How long one handshake step may take before the attempt is retried.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between connection attempts while the guest boots.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Errors of [`AgentClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum AgentClientError {
+    /// The hybrid vsock connection could not be made.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// The agent answered with an error, or the transport failed.
+    #[error("agent {method} failed: {source}")]
+    Rpc {
+        /// The RPC that failed.
+        method: &'static str,
+        /// The ttrpc error.
+        source: ttrpc::Error,
+    },
+    /// The agent did not answer a health check before the deadline.
+    #[error("agent on {uds} did not answer within {timeout:?}; last error: {last}")]
+    NotReady {
+        /// The VMM's vsock socket.
+        uds: PathBuf,
+        /// The deadline that passed.
+        timeout: Duration,
+        /// The last error seen while retrying.
+        last: String,
+    },
+}
+
+/// A connected agent client.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: AgentServiceClient,
+    rpc_timeout: Duration,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient").field("rpc_timeout", &self.rpc_timeout).finish()
+    }
+}
+
+impl AgentClient {
+    /// Connects once to the agent through the VMM's vsock socket `uds`.
+    /// `rpc_timeout` bounds every RPC made with the returned client.
+    pub fn connect(uds: &Path, rpc_timeout: Duration) -> Result<Self, AgentClientError> {
+        let stream = hybrid_vsock::connect(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)?;
+        let client = ttrpc::Client::new(stream.into_raw_fd())
+            .map_err(|source| AgentClientError::Rpc { method: "connect", source })?;
+        Ok(AgentClient { inner: AgentServiceClient::new(client), rpc_timeout })
+    }
+
+    /// Connects and health-checks the agent, retrying while the guest boots,
+    /// until it answers or `timeout` passes. `alive` is asked between attempts
+    /// and can end the wait early (e.g. when the VMM process has exited): it
+    /// returns an error text to give up with.
+    pub fn wait_ready(
+        uds: &Path,
+        timeout: Duration,
+        rpc_timeout: Duration,
+        mut alive: impl FnMut() -> Result<(), String>,
+    ) -> Result<(Self, HealthResponse), AgentClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Err(reason) = alive() {
+                return Err(AgentClientError::NotReady { uds: uds.to_path_buf(), timeout, last: reason });
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = AgentClient::connect(uds, rpc_timeout.min(remaining.max(RETRY_INTERVAL)))
+                .and_then(|client| client.health().map(|health| (client, health)));
+            let last = match attempt {
+                Ok(ready) => return Ok(ready),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + RETRY_INTERVAL >= deadline {
+                return Err(AgentClientError::NotReady { uds: uds.to_path_buf(), timeout, last });
+            }
+            std::thread::sleep(RETRY_INTERVAL);
+        }
+    }
+
+    fn context(&self) -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(self.rpc_timeout.as_nanos().try_into().unwrap_or(i64::MAX))
+    }
+
+    /// Agent version, guest uptime and kernel release.
+    pub fn health(&self) -> Result<HealthResponse, AgentClientError> {
+        self.inner
+            .health(self.context(), &HealthRequest::new())
+            .map_err(|source| AgentClientError::Rpc { method: "Health", source })
+    }
+
+    /// Runs a process in the guest and waits for it. The RPC deadline is
+    /// extended by the request's own `timeout_ms`.
+    pub fn run_process(&self, request: &RunProcessRequest) -> Result<RunProcessResponse, AgentClientError> {
+        let mut ctx = self.context();
+        if request.timeout_ms > 0 {
+            ctx.timeout_nano = ctx.timeout_nano.saturating_add(i64::from(request.timeout_ms) * 1_000_000);
+        } else {
+            ctx.timeout_nano = 0;
+        }
+        self.inner.run_process(ctx, request).map_err(|source| AgentClientError::Rpc { method: "RunProcess", source })
+    }
+
+    /// Asks the agent to end the VM. The guest may reset before the answer
+    /// crosses the vsock device; a closed connection counts as success, the
+    /// caller waits for the VMM process to exit.
+    pub fn shutdown(&self) -> Result<(), AgentClientError> {
+        match self.inner.shutdown(self.context(), &ShutdownRequest::new()) {
+            Ok(_) => Ok(()),
+            Err(ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed | ttrpc::Error::Eof) => Ok(()),
+            Err(ttrpc::Error::Socket(_)) => Ok(()),
+            Err(source) => Err(AgentClientError::Rpc { method: "Shutdown", source }),
+        }
+    }
+}

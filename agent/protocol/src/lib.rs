@@ -1,0 +1,64 @@
+//! The kata-like agent API, shared by everything that talks to the in-guest
+//! agent (the shim, the `kata-like` CLI, the tests) and by the agent itself.
+//!
+//! * [`agent`], [`agent_ttrpc`]: messages and ttrpc stubs generated from
+//!   `protos/agent.proto`.
+//! * [`hybrid_vsock`]: the host side of Firecracker's hybrid vsock handshake.
+//! * [`AgentClient`]: a blocking client over hybrid vsock.
+//! * Constants of the guest ABI that the VMM, the agent and the host agree on.
+
+mod client;
+pub mod hybrid_vsock;
+
+pub use client::{AgentClient, AgentClientError};
+
+/// Generated protobuf messages.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    unused_attributes,
+    unused_mut,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    trivial_casts,
+    dead_code
+)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// Generated ttrpc client and service stubs.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    unused_imports,
+    unused_results,
+    unknown_lints,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code
+)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// The vsock port the agent's ttrpc server listens on in the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Output captured per stream by `RunProcess`; more is dropped and flagged.
+/// Two full streams stay well below ttrpc's 4 MiB message limit.
+pub const MAX_CAPTURED_OUTPUT: usize = 1 << 20;
+
+/// The byte the agent writes to the VMM's boot-timer device once it runs.
+pub const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// Kernel command-line key through which the VMM tells the agent the guest
+/// physical address of the boot-timer device (hex, e.g. `0xd0000000`). It has
+/// no '.', so the kernel hands it to init as an environment variable.
+pub const BOOT_TIMER_CMDLINE_KEY: &str = "kata_like_boot_timer";

@@ -1,0 +1,121 @@
+//! `kata-like`: the command-line front end.
+//!
+//! `kata-like vm exec -- CMD ARGS...` boots a microVM, runs CMD in the guest
+//! through the agent, prints its output and exits with its exit status
+//! (128+N when it died of signal N), then powers the VM off.
+//! (`kata-like run --bundle DIR ID`, runc-style, comes with the shim issue.)
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kata_like_runtime::artifacts;
+use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "kata-like", version, about = "kata-like: microVM-isolated sandboxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// Stand-alone microVMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCommand {
+    /// Boot a microVM, run a command in it, print its output, power off.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExecArgs {
+    /// Guest kernel [default: $KATA_LIKE_CACHE/artifacts/vmlinux].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Guest initramfs [default: $KATA_LIKE_CACHE/artifacts/initrd.cpio].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// The VMM binary [default: kata-like-vmm beside this program].
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
+    /// Seconds to wait for the agent after the VMM starts.
+    #[arg(long, default_value_t = 180)]
+    boot_timeout: u64,
+    /// Extra kernel parameters.
+    #[arg(long)]
+    append: Option<String>,
+    /// Environment for the command, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// Working directory of the command in the guest.
+    #[arg(long, default_value = "/")]
+    cwd: String,
+    /// Print boot timings to stderr.
+    #[arg(long)]
+    timing: bool,
+    /// Extra argument for kata-like-vmm, e.g. --vmm-arg=--profile-rip=/tmp/p.txt (repeatable).
+    #[arg(long = "vmm-arg", allow_hyphen_values = true)]
+    vmm_args: Vec<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let spec = VmSpec {
+        vmm: args.vmm.unwrap_or_else(artifacts::default_vmm),
+        kernel: args.kernel.unwrap_or_else(artifacts::default_kernel),
+        initrd: args.initrd.unwrap_or_else(artifacts::default_initrd),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        extra_cmdline: args.append,
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        state_parent: None,
+        vmm_args: args.vmm_args,
+    };
+    let vm = SandboxVm::start(&spec)?;
+    if args.timing {
+        let t = vm.boot_times();
+        eprintln!(
+            "kata-like: VMM start -> first KVM_RUN {:?} us, -> guest init (boot timer) {:?} us, -> agent answered {} us; guest kernel {}",
+            t.first_kvm_run_us,
+            t.boot_timer_us,
+            t.agent_ready_us,
+            vm.health().kernel_release
+        );
+    }
+    let result = vm.run(&args.command, &args.env, &args.cwd, &[]).context("running the command in the guest")?;
+    std::io::stdout().write_all(&result.stdout)?;
+    std::io::stderr().write_all(&result.stderr)?;
+    vm.shutdown(Duration::from_secs(30)).context("powering the VM off")?;
+    let code = if result.signal != 0 { 128 + result.signal } else { result.exit_code };
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Top::Vm(VmCommand::Exec(args)) => exec(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kata-like: error: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! A sandbox VM as seen from the host: the `kata-like-vmm` child process,
+//! its state directory (vsock socket, VMM log, guest console), and the agent
+//! client. Shared by the `kata-like` CLI, the tests and (next) the shim.
+//!
+//! The VMM is started with PR_SET_PDEATHSIG so it dies with the process that
+//! started it; dropping a [`SandboxVm`] kills a VMM that is still running and
+//! removes the state directory, so nothing is left behind on any path.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_like_protocol::agent::{HealthResponse, RunProcessRequest, RunProcessResponse};
+use kata_like_protocol::{AgentClient, AgentClientError};
+
+/// How long an RPC other than RunProcess may take.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a VMM gets after SIGTERM (to remove its socket, flush logs)
+/// before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// The `kata-like-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// Guest initramfs with the agent as /init.
+    pub initrd: PathBuf,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Kernel parameters appended to the VMM's defaults.
+    pub extra_cmdline: Option<String>,
+    /// How long the agent may take to answer after the VMM starts.
+    pub boot_timeout: Duration,
+    /// Parent of the per-VM state directory (default: the system temp dir).
+    pub state_parent: Option<PathBuf>,
+    /// Extra `kata-like-vmm` arguments (debugging, e.g. `--profile-rip=FILE`).
+    pub vmm_args: Vec<String>,
+}
+
+/// Errors of sandbox VMs. Each names what failed and, for boot failures,
+/// carries the VMM's own reason and the tail of the guest console.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// An input file is missing.
+    #[error("{what} {path} does not exist (run scripts/setup.sh, or pass --{what})")]
+    Missing {
+        /// Which input.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
+    /// Host-side I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The VM did not become ready.
+    #[error("the VM did not become ready: {reason}\n--- VMM log (tail) ---\n{vmm_log}\n--- guest console (tail) ---\n{console}")]
+    Boot {
+        /// Why.
+        reason: String,
+        /// Last lines of the VMM log.
+        vmm_log: String,
+        /// Last lines of the guest console.
+        console: String,
+    },
+    /// The agent failed a request.
+    #[error(transparent)]
+    Agent(#[from] AgentClientError),
+    /// The VM did not stop in time and was killed.
+    #[error("the VM did not exit within {0:?} after shutdown; killed it")]
+    ShutdownTimeout(Duration),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+/// Timings of one boot, from the VMM log (microseconds since VMM start).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BootTimes {
+    /// Until the first KVM_RUN.
+    pub first_kvm_run_us: Option<u64>,
+    /// Until the agent's boot-timer marker.
+    pub boot_timer_us: Option<u64>,
+    /// Until the host got the agent's health answer (host clock).
+    pub agent_ready_us: u64,
+}
+
+/// A running sandbox VM.
+#[derive(Debug)]
+pub struct SandboxVm {
+    child: Option<Child>,
+    state_path: PathBuf,
+    /// Removed on drop (kept with KATA_LIKE_KEEP_STATE set, for debugging).
+    state: Option<tempfile::TempDir>,
+    client: AgentClient,
+    health: HealthResponse,
+    times: BootTimes,
+}
+
+/// Stops a VMM: SIGTERM (it removes its socket, flushes its console), then
+/// SIGKILL if it is still there after [`TERM_GRACE`]; reaps it either way.
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child, which is not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + TERM_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Removes a VM's state directory, unless KATA_LIKE_KEEP_STATE is set: then
+/// the VMM log and guest console stay behind for debugging.
+fn keep_for_debugging(state: tempfile::TempDir) {
+    if std::env::var_os("KATA_LIKE_KEEP_STATE").is_some() {
+        eprintln!("kata-like: kept VM state in {}", state.keep().display());
+    }
+}
+
+/// The last `lines` lines of a text file (for error reports).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The value of `key=<u64>` on the first line of a VMM log containing
+/// `marker` (e.g. `us_since_start` of "boot-timer").
+pub fn log_value(log: &str, marker: &str, key: &str) -> Option<u64> {
+    let line = log.lines().find(|l| l.contains(marker))?;
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+impl SandboxVm {
+    /// Starts the VMM and waits until the agent answers a health check.
+    pub fn start(spec: &VmSpec) -> Result<Self, SandboxError> {
+        for (what, path) in [("vmm", &spec.vmm), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+            if !path.exists() {
+                return Err(SandboxError::Missing { what, path: path.clone() });
+            }
+        }
+        let parent = spec.state_parent.clone().unwrap_or_else(std::env::temp_dir);
+        let state = tempfile::Builder::new()
+            .prefix("kata-like-vm-")
+            .tempdir_in(&parent)
+            .map_err(io_err(format!("creating a state directory in {}", parent.display())))?;
+        let uds = state.path().join("vsock.sock");
+        let console = state.path().join("console.log");
+        let vmm_log = state.path().join("vmm.log");
+        let log_file = File::create(&vmm_log).map_err(io_err("creating the VMM log"))?;
+
+        let mut command = Command::new(&spec.vmm);
+        command
+            .arg("--kernel")
+            .arg(&spec.kernel)
+            .arg("--initrd")
+            .arg(&spec.initrd)
+            .arg("--vcpus")
+            .arg(spec.vcpus.to_string())
+            .arg("--memory")
+            .arg(spec.memory_mib.to_string())
+            .arg("--vsock-uds")
+            .arg(&uds)
+            .arg("--serial")
+            .arg(&console)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        if let Some(extra) = &spec.extra_cmdline {
+            command.arg("--append").arg(extra);
+        }
+        command.args(&spec.vmm_args);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it makes the kernel kill the VMM if its parent dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let mut child = command.spawn().map_err(io_err(format!("starting {}", spec.vmm.display())))?;
+
+        let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || match child.try_wait() {
+            Ok(Some(status)) => Err(format!("the VMM exited ({status})")),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("cannot check the VMM process: {e}")),
+        });
+        let (client, health) = match ready {
+            Ok(ready) => ready,
+            Err(e) => {
+                stop(&mut child);
+                let log = tail(&vmm_log, 8);
+                let reason = log
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kata-like-vmm: error: "))
+                    .map(|why| format!("{e}; VMM: {why}"))
+                    .unwrap_or_else(|| e.to_string());
+                let console = tail(&console, 15);
+                keep_for_debugging(state);
+                return Err(SandboxError::Boot { reason, vmm_log: log, console });
+            }
+        };
+        let log = std::fs::read_to_string(&vmm_log).unwrap_or_default();
+        let times = BootTimes {
+            first_kvm_run_us: log_value(&log, "first KVM_RUN", "us_since_start"),
+            boot_timer_us: log_value(&log, "boot-timer", "us_since_start"),
+            agent_ready_us: started.elapsed().as_micros() as u64,
+        };
+        Ok(SandboxVm {
+            child: Some(child),
+            state_path: state.path().to_path_buf(),
+            state: Some(state),
+            client,
+            health,
+            times,
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &AgentClient {
+        &self.client
+    }
+
+    /// The agent's first health answer.
+    pub fn health(&self) -> &HealthResponse {
+        &self.health
+    }
+
+    /// Boot timings.
+    pub fn boot_times(&self) -> BootTimes {
+        self.times
+    }
+
+    /// The VMM's process ID.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The state directory (socket, logs).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_path
+    }
+
+    /// The guest console so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.state_path.join("console.log")).unwrap_or_default()
+    }
+
+    /// Runs a command in the guest and waits for it.
+    pub fn run(
+        &self,
+        args: &[String],
+        env: &[String],
+        cwd: &str,
+        stdin: &[u8],
+    ) -> Result<RunProcessResponse, SandboxError> {
+        let mut req = RunProcessRequest::new();
+        req.args = args.to_vec();
+        req.env = env.to_vec();
+        req.cwd = cwd.to_string();
+        req.stdin = stdin.to_vec();
+        Ok(self.client.run_process(&req)?)
+    }
+
+    /// Asks the agent to power off and waits for the VMM to exit.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus, SandboxError> {
+        self.client.shutdown()?;
+        let Some(mut child) = self.child.take() else {
+            return Err(SandboxError::Io {
+                what: "VMM already reaped".into(),
+                source: std::io::ErrorKind::Other.into(),
+            });
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().map_err(io_err("waiting for the VMM"))? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                stop(&mut child);
+                return Err(SandboxError::ShutdownTimeout(timeout));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SandboxVm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child);
+        }
+        if let Some(state) = self.state.take() {
+            keep_for_debugging(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_values_are_read_from_the_first_matching_line() {
+        let log = "INFO first KVM_RUN us_since_start=12179 monotonic_ns=1\n\
+                   INFO boot-timer: guest init reached user space us_since_start=4242 monotonic_ns=5\n\
+                   INFO boot-timer: guest init reached user space us_since_start=9999 monotonic_ns=6";
+        assert_eq!(log_value(log, "first KVM_RUN", "us_since_start"), Some(12179));
+        assert_eq!(log_value(log, "boot-timer", "us_since_start"), Some(4242));
+        assert_eq!(log_value("a us_since_start=7", "missing", "us_since_start"), None);
+    }
+
+    #[test]
+    fn missing_inputs_are_named_before_anything_starts() {
+        let spec = VmSpec {
+            vmm: PathBuf::from("/nonexistent/kata-like-vmm"),
+            kernel: PathBuf::from("/nonexistent/vmlinux"),
+            initrd: PathBuf::from("/nonexistent/initrd"),
+            vcpus: 1,
+            memory_mib: 128,
+            extra_cmdline: None,
+            boot_timeout: Duration::from_secs(1),
+            state_parent: None,
+            vmm_args: vec![],
+        };
+        let err = SandboxVm::start(&spec).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("log");
+        std::fs::write(&path, "a\nb\nc\n").expect("write");
+        assert_eq!(tail(&path, 2), "b\nc");
+        assert_eq!(tail(&dir.path().join("missing"), 2), "");
+    }
+}

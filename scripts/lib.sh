@@ -1,0 +1,18 @@
+# Shared helpers for the kata-like scripts (sourced, not run).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export KATA_LIKE_CACHE=${KATA_LIKE_CACHE:-$HOME/.cache/kata-like}
+ARTIFACTS=$KATA_LIKE_CACHE/artifacts
+# Host binaries (release) and the static guest agent (own target dir, so the
+# crt-static flags never invalidate the host build).
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GUEST_TARGET_DIR=$TARGET_DIR/guest
+AGENT_BIN=$GUEST_TARGET_DIR/x86_64-unknown-linux-gnu/guest/kata-like-agent
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] || die "$1 needs root (apt, /dev/kvm); run it with sudo"
+}

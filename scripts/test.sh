@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs and builds what is missing (cached),
+# then unit tests, then the integration tests that boot real microVMs.
+# On a machine with /dev/kvm (as root) VM tests must run: a skip fails.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_root "scripts/test.sh"
+"$ROOT/scripts/install-deps.sh"
+"$ROOT/scripts/build.sh"
+cd "$ROOT"
+
+export KATA_LIKE_VMM=$TARGET_DIR/release/kata-like-vmm
+export KATA_LIKE_CLI=$TARGET_DIR/release/kata-like
+export KATA_LIKE_KERNEL=$ARTIFACTS/vmlinux
+export KATA_LIKE_INITRD=$ARTIFACTS/initrd.cpio
+export KATA_LIKE_TEST_REPORT=$(mktemp)
+trap 'rm -f "$KATA_LIKE_TEST_REPORT"' EXIT
+if [ -w /dev/kvm ] && [ -r /dev/kvm ]; then
+    export KATA_LIKE_REQUIRE_VM=1
+fi
+
+say "unit and contract tests"
+cargo test --workspace --release
+
+say "microVM integration tests (each boot takes tens of seconds on nested KVM)"
+cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
+
+if [ -s "$KATA_LIKE_TEST_REPORT" ]; then
+    say "skipped tests:"
+    cat "$KATA_LIKE_TEST_REPORT" >&2
+fi
+say "all tests passed"

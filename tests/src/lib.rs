@@ -1,0 +1,156 @@
+//! Test infrastructure: finding the artefacts (VMM, kernel, initrd, CLI),
+//! deciding whether VM tests can run here, and booting guests.
+//!
+//! VM tests are `#[ignore]`d so that `cargo test` stays fast; run them with
+//! `scripts/test.sh` or `cargo test -p kata-like-tests -- --ignored`.
+//! Artefacts come from `KATA_LIKE_{VMM,KERNEL,INITRD,CLI}` (set by
+//! scripts/test.sh), else from the defaults `scripts/setup.sh` installs.
+//!
+//! A test that cannot run prints why, records the reason in
+//! `$KATA_LIKE_TEST_REPORT` (which scripts/test.sh summarises), and passes
+//! as skipped, unless `KATA_LIKE_REQUIRE_VM=1` (set by CI on machines with
+//! KVM), where a skip is a failure.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kata_like_runtime::artifacts;
+use kata_like_runtime::sandbox::VmSpec;
+
+/// The paths a VM test needs.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    /// `kata-like-vmm`.
+    pub vmm: PathBuf,
+    /// `kata-like` (the CLI).
+    pub cli: PathBuf,
+    /// Guest vmlinux.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn from_env_or(var: &str, default: PathBuf) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or(default)
+}
+
+/// A workspace binary, preferring the release build.
+fn built_binary(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+    let release = target.join("release").join(name);
+    if release.exists() {
+        release
+    } else {
+        target.join("debug").join(name)
+    }
+}
+
+impl Artifacts {
+    /// Locates every artefact; the error says which is missing.
+    pub fn locate() -> Result<Artifacts, String> {
+        let found = Artifacts {
+            vmm: from_env_or("KATA_LIKE_VMM", built_binary("kata-like-vmm")),
+            cli: from_env_or("KATA_LIKE_CLI", built_binary("kata-like")),
+            kernel: from_env_or("KATA_LIKE_KERNEL", artifacts::default_kernel()),
+            initrd: from_env_or("KATA_LIKE_INITRD", artifacts::default_initrd()),
+        };
+        for (what, path) in
+            [("VMM", &found.vmm), ("CLI", &found.cli), ("kernel", &found.kernel), ("initrd", &found.initrd)]
+        {
+            if !path.exists() {
+                return Err(format!("{what} not found at {} (run scripts/setup.sh)", path.display()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// A VM spec with the test defaults: 1 vCPU, 128 MiB, 5 minutes to boot
+    /// (guest kernel code is emulated on nested hosts).
+    pub fn vm_spec(&self) -> VmSpec {
+        VmSpec {
+            vmm: self.vmm.clone(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            vcpus: 1,
+            memory_mib: 128,
+            extra_cmdline: None,
+            boot_timeout: Duration::from_secs(300),
+            state_parent: None,
+            vmm_args: vec![],
+        }
+    }
+}
+
+/// Why VM tests cannot run on this machine, if they cannot.
+pub fn vm_unavailable() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root (KVM, and later containerd, need root here)".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        return Some(format!("/dev/kvm is not usable: {e}"));
+    }
+    None
+}
+
+/// Records and prints a skip, or fails when `KATA_LIKE_REQUIRE_VM=1`.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("KATA_LIKE_REQUIRE_VM").is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run ({reason}) but KATA_LIKE_REQUIRE_VM=1");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    if let Some(report) = std::env::var_os("KATA_LIKE_TEST_REPORT") {
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(report) {
+            let _ = writeln!(file, "SKIPPED {test}: {reason}");
+        }
+    }
+}
+
+/// The artefacts when VM tests can run here; otherwise records the skip of
+/// `test` and returns None.
+pub fn vm_test(test: &str) -> Option<Artifacts> {
+    if let Some(reason) = vm_unavailable() {
+        skip(test, &reason);
+        return None;
+    }
+    match Artifacts::locate() {
+        Ok(found) => Some(found),
+        Err(reason) => {
+            skip(test, &reason);
+            None
+        }
+    }
+}
+
+/// The kernel release suffix the current guest-kernel config produces
+/// (`-kata-like.<config-version>`): a stale cached kernel has another.
+pub fn expected_kernel_suffix() -> String {
+    let version = std::fs::read_to_string(workspace_root().join("guest-kernel/config-version")).unwrap_or_default();
+    format!("-kata-like.{}", version.trim())
+}
+
+/// Whether this host's KVM is nested PVM (kvm_pvm loaded), where the guest
+/// kernel is emulated and KVM ignores parts of the CPUID template.
+pub fn host_is_nested_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// kata-like-vmm processes still running whose command line mentions `needle`.
+pub fn vmm_processes_with(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline);
+            text.contains("kata-like-vmm") && text.contains(needle)
+        })
+        .collect()
+}

@@ -1,0 +1,303 @@
+//! `VmConfig` → [`Vmm`]: the boot sequence, step by step.
+//!
+//! 1. KVM and the VM; guest memory registered with KVM.
+//! 2. In-kernel IRQ chip (PIC + IO-APIC + LAPICs) and PIT.
+//! 3. Kernel, initrd, command line, MP table, boot protocol data.
+//! 4. Devices: COM1, i8042, boot timer, virtio-vsock (irqfd + ioeventfds).
+//! 5. vCPUs with the CPUID template; the boot vCPU at the kernel entry.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::*;
+use crate::arch::x86_64::{boot, mptable};
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{self, SerialDevice};
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::vsock::device::VsockError;
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::devices::{Bus, BusError, EventFdTrigger};
+use crate::exit::ExitSignal;
+use crate::memory::{self, MemoryError};
+use crate::profiler::RipSampler;
+use crate::vcpu::{BootEntry, Vcpu, VcpuContext, VcpuError};
+use crate::vmm::{Vmm, VmmControl};
+
+/// Options of the VMM process that are not part of the VM itself.
+#[derive(Clone, Debug, Default)]
+pub struct VmmOptions {
+    /// Sample the guest RIP at this interval and write a report here on exit.
+    pub profile_rip: Option<(PathBuf, std::time::Duration)>,
+}
+
+/// Why a VM could not be built. Every variant names the thing at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// /dev/kvm cannot be used.
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
+    Kvm(kvm_ioctls::Error),
+    /// KVM lacks something we need.
+    #[error("KVM lacks {0}")]
+    KvmCapability(&'static str),
+    /// A KVM ioctl failed.
+    #[error("{what}: {source}")]
+    KvmIoctl {
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory setup failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Kernel or initrd loading failed.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// The console output could not be opened.
+    #[error("serial output {path}: {source}")]
+    Serial {
+        /// The output.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The vsock device could not be created.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    /// Device placement failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// An eventfd or thread could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The event loop could not be set up.
+    #[error("event loop: {0:?}")]
+    EventManager(event_manager::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::KvmIoctl { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Io { what, source }
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(io_err(what))
+}
+
+fn check_kvm(kvm: &Kvm) -> Result<(), BuildError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel IRQ chip (KVM_CAP_IRQCHIP)"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(BuildError::KvmCapability(name));
+        }
+    }
+    Ok(())
+}
+
+/// Registers `device` at MMIO slot `slot` with its irqfd and ioeventfds and
+/// adds its `virtio_mmio.device=` parameter to the command line.
+fn attach_virtio<D>(
+    vm: &VmFd,
+    mem: &vm_memory::GuestMemoryMmap,
+    mmio: &mut Bus,
+    cmdline: &mut Cmdline,
+    slot: u32,
+    device: Arc<Mutex<D>>,
+    interrupt: Arc<IrqTrigger>,
+) -> Result<(), BuildError>
+where
+    D: VirtioDevice + 'static,
+{
+    let base = VIRTIO_MMIO_BASE + u64::from(slot) * VIRTIO_MMIO_SIZE;
+    let irq = VIRTIO_IRQ_BASE + slot;
+    vm.register_irqfd(interrupt.irqfd(), irq).map_err(kvm_err("KVM_IRQFD for a virtio device"))?;
+    {
+        let dev = crate::devices::bus::lock(&device);
+        for (index, evt) in dev.queue_events().iter().enumerate() {
+            vm.register_ioevent(evt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET), index as u32)
+                .map_err(kvm_err("KVM_IOEVENTFD for a virtio queue"))?;
+        }
+    }
+    let transport = MmioTransport::new(mem.clone(), device, interrupt);
+    mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+    cmdline
+        .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
+        .map_err(boot::BootError::Cmdline)?;
+    Ok(())
+}
+
+impl Vmm {
+    /// Builds a VM from `config`, ready to [`Vmm::run`].
+    pub fn build(config: VmConfig, options: VmmOptions) -> Result<Vmm, BuildError> {
+        config.validate()?;
+        let mem_size = u64::from(config.memory_mib) << 20;
+        let step = |name: &str| {
+            tracing::debug!(us_since_start = crate::clock::since_start().as_micros() as u64, "build: {name}")
+        };
+
+        // 1. KVM, VM, memory.
+        let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+        check_kvm(&kvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let mem = memory::create(mem_size)?;
+        memory::register(&vm, &mem)?;
+        step("VM and memory");
+
+        // 2. Interrupt controllers and timer.
+        vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        step("irqchip and PIT");
+
+        // 3. Kernel, initrd, MP table. The command line is finished below,
+        //    once the devices have added their parameters.
+        let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+            None => None,
+        };
+        mptable::write(&mem, config.vcpus)?;
+        step("kernel, initrd, MP table");
+        let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
+
+        // 4. Devices.
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("exit eventfd"))?);
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+
+        let serial_irq = eventfd("serial eventfd")?;
+        vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD for COM1"))?;
+        let out = serial::open_output(&config.serial)
+            .map_err(|source| BuildError::Serial { path: format!("{:?}", config.serial), source })?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(serial_irq), out)));
+        pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+
+        let reset_evt = eventfd("reset eventfd")?;
+        let reset_trigger = EventFdTrigger::new(reset_evt.try_clone().map_err(io_err("reset eventfd"))?);
+        pio.insert(Arc::new(Mutex::new(I8042::new(reset_trigger))), u64::from(I8042_PORT), 5)?;
+
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new()));
+        mmio.insert(boot_timer.clone(), BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+        cmdline
+            .insert(crate::devices::boot_timer::CMDLINE_KEY, &format!("{BOOT_TIMER_ADDR:#x}"))
+            .map_err(boot::BootError::Cmdline)?;
+
+        let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
+            EventManager::new().map_err(BuildError::EventManager)?;
+        let mut vsock = None;
+        if let Some(vsock_config) = &config.vsock {
+            let interrupt = Arc::new(IrqTrigger::new(eventfd("vsock irqfd")?));
+            let device =
+                Arc::new(Mutex::new(Vsock::new(vsock_config.guest_cid, &vsock_config.uds_path, interrupt.clone())?));
+            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 0, device.clone(), interrupt)?;
+            event_manager.add_subscriber(device.clone());
+            vsock = Some(device);
+        }
+
+        // 5. vCPUs.
+        let sampler = match &options.profile_rip {
+            Some((_, interval)) => Some(RipSampler::new(*interval).map_err(io_err("RIP sampler signal handler"))?),
+            None => None,
+        };
+        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let ctx = VcpuContext {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+            mem: mem.clone(),
+            exit: exit.clone(),
+            kernel_path: config.kernel.clone(),
+            sampler: sampler.clone(),
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let entry = (index == 0).then_some(BootEntry { protocol: kernel.protocol, entry: kernel.entry.0 });
+            vcpus.push(Vcpu::new(fd, index, config.vcpus, config.cpu_template, &supported, entry, &ctx)?);
+        }
+
+        hide_unapplied_cpuid(&vcpus, config.cpu_template, &supported, config.vcpus, &mut cmdline)?;
+        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size)?;
+        step("vCPUs and boot info");
+
+        let control =
+            Arc::new(Mutex::new(VmmControl::new(exit.clone(), reset_evt).map_err(io_err("signal handling"))?));
+        event_manager.add_subscriber(control.clone());
+        tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
+
+        Ok(Vmm {
+            config,
+            options,
+            _vm: vm,
+            vcpus,
+            event_manager,
+            _control: control,
+            exit,
+            serial,
+            vsock,
+            sampler,
+            boot_timer,
+        })
+    }
+}
+
+/// Hides from the guest kernel, with `clearcpuid=`, the CPUID features the
+/// conservative template removes but KVM kept visible (nested PVM hosts
+/// force leaves 1, 7 and 0xD to host values). On hardware KVM the read-back
+/// matches and nothing is added.
+fn hide_unapplied_cpuid(
+    vcpus: &[Vcpu],
+    template: crate::arch::x86_64::cpuid::CpuTemplate,
+    supported: &kvm_bindings::CpuId,
+    count: u8,
+    cmdline: &mut Cmdline,
+) -> Result<(), BuildError> {
+    // The host template is pass-through by definition: nothing to hide.
+    if template == crate::arch::x86_64::cpuid::CpuTemplate::Host {
+        return Ok(());
+    }
+    let Some(boot_vcpu) = vcpus.first() else { return Ok(()) };
+    let wanted = crate::arch::x86_64::cpuid::vcpu_cpuid(template, supported, 0, count);
+    let bits = crate::arch::x86_64::cpuid::hidden_but_visible(&wanted, &boot_vcpu.effective_cpuid()?);
+    if bits.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        count = bits.len(),
+        "KVM does not apply the CPUID template to every leaf (nested host?); hiding the rest with clearcpuid="
+    );
+    let list: Vec<String> = bits.iter().map(u32::to_string).collect();
+    cmdline.insert("clearcpuid", &list.join(",")).map_err(boot::BootError::Cmdline)?;
+    Ok(())
+}

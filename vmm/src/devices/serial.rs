@@ -1,0 +1,151 @@
+//! COM1: a 16550A UART (vm-superio) whose output goes to stdout, a file or
+//! nowhere. Guest input is not wired yet (nothing reads the console).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, LineWriter, Write};
+use std::path::{Path, PathBuf};
+
+use vm_superio::serial::NoEvents;
+use vm_superio::Serial;
+
+use super::bus::BusDevice;
+use super::trigger::EventFdTrigger;
+
+/// Where the guest console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialOutput {
+    /// The VMM's stdout.
+    #[default]
+    Stdout,
+    /// Discarded.
+    Null,
+    /// Appended to a file (created if missing).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for SerialOutput {
+    type Err = std::convert::Infallible;
+    /// `stdout`, `null`, or a file path.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "stdout" | "-" => SerialOutput::Stdout,
+            "null" | "none" => SerialOutput::Null,
+            path => SerialOutput::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl serde::Serialize for SerialOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SerialOutput::Stdout => s.serialize_str("stdout"),
+            SerialOutput::Null => s.serialize_str("null"),
+            SerialOutput::File(path) => s.serialize_str(&path.to_string_lossy()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SerialOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(text.parse().unwrap_or_default())
+    }
+}
+
+/// Opens the console sink. Files are opened for append so that several boots
+/// can share a log.
+pub fn open_output(output: &SerialOutput) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match output {
+        SerialOutput::Stdout => Box::new(io::stdout()),
+        SerialOutput::Null => Box::new(io::sink()),
+        SerialOutput::File(path) => Box::new(LineWriter::new(open_append(path)?)),
+    })
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The UART on the port bus.
+pub struct SerialDevice {
+    serial: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+}
+
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SerialDevice")
+    }
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and writing to `out`.
+    pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
+        SerialDevice { serial: Serial::new(irq, out) }
+    }
+
+    /// Flushes buffered console output (called before the VMM exits).
+    pub fn flush(&mut self) {
+        let _ = self.serial.writer_mut().flush();
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() == 1 {
+            data[0] = self.serial.read(offset as u8);
+        } else {
+            data.fill(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() != 1 {
+            return;
+        }
+        if let Err(e) = self.serial.write(offset as u8, data[0]) {
+            // The console is best effort: a full disk must not stop the VM.
+            tracing::debug!(error = ?e, "serial output failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_bytes_reach_the_sink() {
+        let sink = Shared::default();
+        let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let mut dev = SerialDevice::new(irq, Box::new(sink.clone()));
+        for byte in b"hi\n" {
+            dev.write(0, &[*byte]);
+        }
+        assert_eq!(sink.0.lock().expect("lock").as_slice(), b"hi\n");
+        let mut lsr = [0u8];
+        dev.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "transmit holding register empty");
+    }
+
+    #[test]
+    fn output_spec_parses() {
+        assert_eq!("stdout".parse::<SerialOutput>(), Ok(SerialOutput::Stdout));
+        assert_eq!("null".parse::<SerialOutput>(), Ok(SerialOutput::Null));
+        assert_eq!("/tmp/c.log".parse::<SerialOutput>(), Ok(SerialOutput::File("/tmp/c.log".into())));
+    }
+}

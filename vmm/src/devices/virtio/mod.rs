@@ -1,0 +1,147 @@
+//! virtio devices over the virtio-mmio transport.
+//!
+//! * [`mmio`]: the transport (register file, feature negotiation, status
+//!   machine, queue configuration).
+//! * [`vsock`]: the userspace virtio-vsock device with Firecracker's hybrid
+//!   vsock backend.
+//!
+//! Queues are `virtio_queue::Queue`; guest kicks arrive on ioeventfds and
+//! interrupts leave through irqfds, so the vCPU threads only see register
+//! accesses and the devices run on the VMM thread's event loop.
+
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: virtio 1.0 or later (required for virtio-mmio version 2).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Feature bit: used/avail event index notification suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// Device type of virtio-vsock.
+pub const TYPE_VSOCK: u32 = 19;
+
+/// Interrupt status bit: a used ring changed.
+pub const INT_VRING: u32 = 0x1;
+/// Interrupt status bit: the configuration changed (or the device needs reset).
+pub const INT_CONFIG: u32 = 0x2;
+
+/// The interrupt of one virtio-mmio device: the status register the driver
+/// reads and acknowledges, and the irqfd that raises the guest IRQ.
+#[derive(Debug)]
+pub struct IrqTrigger {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl IrqTrigger {
+    /// An interrupt raised through `irqfd` (registered with KVM_IRQFD).
+    pub fn new(irqfd: EventFd) -> Self {
+        IrqTrigger { status: AtomicU32::new(0), irqfd }
+    }
+
+    /// Sets `kind` ([`INT_VRING`] or [`INT_CONFIG`]) and raises the IRQ.
+    pub fn trigger(&self, kind: u32) -> std::io::Result<()> {
+        self.status.fetch_or(kind, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// The eventfd to register with KVM_IRQFD.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears the acknowledged bits.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Clears all pending status (device reset).
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+#[derive(Debug)]
+pub struct ActivateContext {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The configured queues, in index order.
+    pub queues: Vec<Queue>,
+    /// Features the driver acknowledged.
+    pub acked_features: u64,
+}
+
+/// Why a device refused activation.
+#[derive(Debug, thiserror::Error)]
+#[error("virtio device activation failed: {0}")]
+pub struct ActivateError(pub String);
+
+/// A virtio device behind a [`mmio::MmioTransport`].
+pub trait VirtioDevice: Send {
+    /// virtio device type ID.
+    fn device_type(&self) -> u32;
+    /// Features offered to the driver.
+    fn avail_features(&self) -> u64;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Eventfds the transport registers as ioeventfds on QueueNotify, one
+    /// per queue, signalled with the queue index.
+    fn queue_events(&self) -> &[EventFd];
+    /// Reads device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device-specific configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device with the driver's queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// Stops the device and forgets its queues (driver wrote status 0).
+    fn reset(&mut self);
+}
+
+/// Copies `src[offset..]` into `data` for a config-space read, leaving bytes
+/// beyond the end of `src` as 0 (out-of-range reads are not errors).
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else { return };
+    if let Some(tail) = src.get(offset..) {
+        let n = tail.len().min(data.len());
+        data[..n].copy_from_slice(&tail[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_clip_to_the_config_space() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut data = [9u8; 4];
+        read_config_bytes(&cfg, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 100, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acknowledged() {
+        let irq = IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        irq.trigger(INT_VRING).expect("trigger");
+        irq.trigger(INT_CONFIG).expect("trigger");
+        assert_eq!(irq.status(), INT_VRING | INT_CONFIG);
+        irq.ack(INT_VRING);
+        assert_eq!(irq.status(), INT_CONFIG);
+        assert_eq!(irq.irqfd.read().expect("irq raised"), 2);
+    }
+}

@@ -1,0 +1,247 @@
+//! The virtio-vsock device: configuration (guest CID), queues, and moving
+//! packets between the virtqueues and the [`HybridVsockMuxer`].
+//!
+//! Descriptor chains come from the guest and are untrusted: virtio-vsock's
+//! `VsockPacket` checks directions, lengths and bounds; a chain it rejects is
+//! returned to the guest unused and counted, never a VMM error.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::metrics::VsockMetrics as M;
+use super::muxer::{HybridVsockMuxer, MuxerError};
+use super::{PktHeader, MAX_PKT_DATA};
+use crate::devices::virtio::{
+    ActivateContext, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// Queue indices.
+pub const RXQ: usize = 0;
+/// Transmit queue.
+pub const TXQ: usize = 1;
+/// Event queue (transport reset events; unused until snapshots).
+pub const EVQ: usize = 2;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
+
+struct Active {
+    mem: GuestMemoryMmap,
+    queues: Vec<Queue>,
+}
+
+/// The vsock device.
+pub struct Vsock {
+    cid: u64,
+    config: [u8; 8],
+    queue_evts: Vec<EventFd>,
+    interrupt: Arc<IrqTrigger>,
+    pub(super) muxer: HybridVsockMuxer,
+    pub(super) metrics: Arc<M>,
+    active: Option<Active>,
+    /// TX processing stopped because the RX backlog was full.
+    tx_paused: bool,
+}
+
+impl std::fmt::Debug for Vsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vsock").field("cid", &self.cid).field("active", &self.active.is_some()).finish()
+    }
+}
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The CID is reserved.
+    #[error("guest CID {0} is reserved; use 3 or more")]
+    ReservedCid(u64),
+    /// The backend could not be set up.
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+    /// An eventfd could not be created.
+    #[error("vsock eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+impl Vsock {
+    /// A device for guest `cid`, serving host connections on `uds_path`.
+    pub fn new(cid: u64, uds_path: &Path, interrupt: Arc<IrqTrigger>) -> Result<Self, VsockError> {
+        if cid < 3 || cid > u64::from(u32::MAX) {
+            return Err(VsockError::ReservedCid(cid));
+        }
+        let metrics = Arc::new(M::default());
+        let muxer = HybridVsockMuxer::new(uds_path, cid, metrics.clone())?;
+        let queue_evts = QUEUE_SIZES
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd))
+            .collect::<Result<_, _>>()?;
+        Ok(Vsock {
+            cid,
+            config: cid.to_le_bytes(),
+            queue_evts,
+            interrupt,
+            muxer,
+            metrics,
+            active: None,
+            tx_paused: false,
+        })
+    }
+
+    /// The device's counters.
+    pub fn metrics(&self) -> Arc<M> {
+        self.metrics.clone()
+    }
+
+    /// Drops every connection and removes the listening socket (VMM exit).
+    pub fn close_backend(&mut self) {
+        self.muxer.close();
+    }
+
+    /// Whether the driver has set the device up.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    fn signal_used(&self) {
+        if let Err(e) = self.interrupt.trigger(INT_VRING) {
+            tracing::error!(error = %e, "vsock: cannot raise the interrupt");
+        }
+    }
+
+    /// Moves packets the muxer has for the guest into RX buffers.
+    pub fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RXQ];
+        let mut used = false;
+        while self.muxer.has_pending_rx() {
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                match queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            };
+            let head = chain.head_index();
+            let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(mut pkt) => match self.muxer.recv_pkt(pkt.data_slice()) {
+                    Some(header) => {
+                        header.write_to(&mut pkt);
+                        PKT_HEADER_SIZE as u32 + header.len
+                    }
+                    None => {
+                        // Nothing to send after all: give the buffer back.
+                        queue.go_to_previous_position();
+                        break;
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: bad RX descriptor chain");
+                    M::inc(&self.metrics.bad_descriptors);
+                    0
+                }
+            };
+            if let Err(e) = queue.add_used(mem, head, len) {
+                tracing::warn!(error = %e, "vsock: cannot return an RX buffer");
+                break;
+            }
+            used = true;
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            self.signal_used();
+        }
+        if self.tx_paused && !self.muxer.rx_backlogged() {
+            self.tx_paused = false;
+            self.process_tx();
+        }
+    }
+
+    /// Hands the guest's packets to the muxer.
+    pub fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let mem = &active.mem;
+        let queue = &mut active.queues[TXQ];
+        let mut used = false;
+        loop {
+            if self.muxer.rx_backlogged() {
+                // Replies would pile up: wait until the guest takes them.
+                self.tx_paused = true;
+                break;
+            }
+            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+                match queue.enable_notification(mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            };
+            let head = chain.head_index();
+            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
+                Ok(pkt) => {
+                    let header = PktHeader::from_packet(&pkt);
+                    self.muxer.send_pkt(&header, pkt.data_slice());
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: bad TX descriptor chain");
+                    M::inc(&self.metrics.bad_descriptors);
+                }
+            }
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
+                break;
+            }
+            used = true;
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            self.signal_used();
+        }
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn avail_features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::devices::virtio::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // The configuration (guest CID) is read-only.
+        M::inc(&self.metrics.protocol_errors);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if ctx.queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError(format!("vsock needs 3 queues, got {}", ctx.queues.len())));
+        }
+        self.active = Some(Active { mem: ctx.mem, queues: ctx.queues });
+        self.muxer.set_active(true);
+        tracing::debug!(cid = self.cid, "vsock device activated");
+        // Kicks that arrived before activation were dropped: look now.
+        self.process_tx();
+        self.process_rx();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.tx_paused = false;
+        self.muxer.set_active(false);
+    }
+}

@@ -1,0 +1,46 @@
+//! Wires the vsock device into the VMM thread's event-manager loop: the
+//! three queue eventfds (guest kicks) and the muxer's epoll fd.
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+
+use super::device::{Vsock, EVQ, RXQ, TXQ};
+use crate::devices::virtio::VirtioDevice;
+
+const MUXER: u32 = 3;
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut register = |fd: i32, data: u32| {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                tracing::error!(error = ?e, data, "vsock: cannot register event source");
+            }
+        };
+        for (index, evt) in self.queue_events().iter().enumerate() {
+            use std::os::fd::AsRawFd;
+            register(evt.as_raw_fd(), index as u32);
+        }
+        register(self.muxer.epoll_fd(), MUXER);
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let source = events.data();
+        if let Some(evt) = self.queue_events().get(source as usize) {
+            // Consume the kick; the queues are read below regardless.
+            let _ = evt.read();
+        }
+        match source as usize {
+            RXQ => self.process_rx(),
+            TXQ => {
+                self.process_tx();
+                self.process_rx();
+            }
+            EVQ => {}
+            _ if source == MUXER => {
+                self.muxer.process_events();
+                self.process_rx();
+            }
+            _ => tracing::warn!(source, "vsock: event from an unknown source"),
+        }
+    }
+}

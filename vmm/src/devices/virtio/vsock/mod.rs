@@ -1,0 +1,113 @@
+//! virtio-vsock, implemented in userspace (no vhost-vsock on our hosts), with
+//! Firecracker's hybrid vsock backend:
+//!
+//! * host → guest: a host process connects to the Unix socket `uds_path`,
+//!   writes `CONNECT <port>\n` and reads `OK <host port>\n` once the guest
+//!   accepted; the Unix stream then carries the vsock stream.
+//! * guest → host: a guest connection to host port P is connected to the Unix
+//!   socket `<uds_path>_P`.
+//!
+//! Layout: [`device`] (virtio device, queue processing), [`event_handler`]
+//! (event-manager wiring), [`muxer`] (connections, the listener, the RX
+//! queue of pending packets), [`connection`] (one stream's state and credit
+//! flow control), [`metrics`].
+
+pub mod connection;
+pub mod device;
+pub mod event_handler;
+pub mod metrics;
+pub mod muxer;
+
+pub use device::Vsock;
+pub use metrics::VsockMetrics;
+pub use muxer::HybridVsockMuxer;
+
+use virtio_vsock::packet::VsockPacket;
+
+/// The host's CID.
+pub const HOST_CID: u64 = 2;
+/// Largest payload we read from or write to one packet.
+pub const MAX_PKT_DATA: u32 = 64 * 1024;
+/// Stream sockets are the only type supported.
+pub const TYPE_STREAM: u16 = 1;
+
+/// Packet operations (virtio 1.2, 5.10.6).
+pub mod op {
+    /// Connection request.
+    pub const REQUEST: u16 = 1;
+    /// Connection accepted.
+    pub const RESPONSE: u16 = 2;
+    /// Connection reset / refused.
+    pub const RST: u16 = 3;
+    /// Orderly shutdown of one or both directions.
+    pub const SHUTDOWN: u16 = 4;
+    /// Stream data.
+    pub const RW: u16 = 5;
+    /// Credit information only.
+    pub const CREDIT_UPDATE: u16 = 6;
+    /// Ask the peer for credit information.
+    pub const CREDIT_REQUEST: u16 = 7;
+}
+
+/// SHUTDOWN flag: the sender will receive no more data.
+pub const SHUTDOWN_RCV: u32 = 1;
+/// SHUTDOWN flag: the sender will send no more data.
+pub const SHUTDOWN_SEND: u32 = 2;
+
+/// A vsock packet header as plain data, decoupled from guest memory so the
+/// muxer can be exercised without queues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PktHeader {
+    /// Source CID.
+    pub src_cid: u64,
+    /// Destination CID.
+    pub dst_cid: u64,
+    /// Source port.
+    pub src_port: u32,
+    /// Destination port.
+    pub dst_port: u32,
+    /// Payload length.
+    pub len: u32,
+    /// Socket type.
+    pub type_: u16,
+    /// Operation.
+    pub op: u16,
+    /// Operation flags.
+    pub flags: u32,
+    /// Sender's receive buffer size.
+    pub buf_alloc: u32,
+    /// Bytes the sender has consumed (forwarded) so far.
+    pub fwd_cnt: u32,
+}
+
+impl PktHeader {
+    /// The header of a packet read from the TX queue.
+    pub fn from_packet<B: vm_memory::bitmap::BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
+        PktHeader {
+            src_cid: pkt.src_cid(),
+            dst_cid: pkt.dst_cid(),
+            src_port: pkt.src_port(),
+            dst_port: pkt.dst_port(),
+            len: pkt.len(),
+            type_: pkt.type_(),
+            op: pkt.op(),
+            flags: pkt.flags(),
+            buf_alloc: pkt.buf_alloc(),
+            fwd_cnt: pkt.fwd_cnt(),
+        }
+    }
+
+    /// Writes this header into an RX packet.
+    pub fn write_to<B: vm_memory::bitmap::BitmapSlice>(&self, pkt: &mut VsockPacket<'_, B>) {
+        pkt.set_src_cid(self.src_cid)
+            .set_dst_cid(self.dst_cid)
+            .set_src_port(self.src_port)
+            .set_dst_port(self.dst_port)
+            .set_len(self.len)
+            .set_type(self.type_)
+            .set_op(self.op)
+            .set_flags(self.flags)
+            .set_buf_alloc(self.buf_alloc)
+            .set_fwd_cnt(self.fwd_cnt);
+    }
+}

@@ -1,0 +1,27 @@
+//! kata-like-vmm: the KVM microVM monitor of kata-like.
+//!
+//! A VM is described by a [`VmConfig`] and built into a [`Vmm`] by
+//! [`Vmm::build`], which reads as the boot sequence; [`Vmm::run`] runs it
+//! until the guest powers off, a vCPU fails, or the VMM is signalled.
+//!
+//! Devices: COM1 serial, the i8042 (guest reset), a boot-timer MMIO page and
+//! a userspace virtio-vsock device over virtio-mmio with Firecracker's
+//! hybrid vsock backend. Guest kernels boot through PVH (uncompressed ELF)
+//! or the Linux 64-bit protocol (bzImage).
+
+pub mod arch;
+pub mod builder;
+pub mod clock;
+pub mod config;
+pub mod devices;
+pub mod exit;
+pub mod memory;
+pub mod profiler;
+pub mod symbols;
+pub mod vcpu;
+pub mod vmm;
+
+pub use builder::{BuildError, VmmOptions};
+pub use config::{VmConfig, VsockConfig};
+pub use exit::ExitReason;
+pub use vmm::Vmm;

@@ -1,0 +1,186 @@
+//! A built VM and its run loop.
+//!
+//! Threads: the calling thread runs the event-manager loop (device events,
+//! guest reset, termination signals); one thread per vCPU runs KVM_RUN; an
+//! optional sampler thread kicks the vCPUs for RIP samples. The run ends
+//! when a vCPU fails, the guest resets or powers off, or the VMM gets
+//! SIGTERM/SIGINT/SIGHUP; the returned [`ExitReason`] gives the exit status.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::builder::VmmOptions;
+use crate::config::VmConfig;
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::bus::lock;
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::vsock::Vsock;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::profiler::RipSampler;
+use crate::symbols::KernelSymbols;
+use crate::vcpu::Vcpu;
+
+/// Signals that stop the VMM cleanly (socket removed, console flushed).
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+const SOURCE_EXIT: u32 = 0;
+const SOURCE_RESET: u32 = 1;
+const SOURCE_SIGNAL: u32 = 2;
+
+/// Event-loop subscriber for the VM's life cycle: vCPU exits, the guest's
+/// i8042 reset and host termination signals.
+#[derive(Debug)]
+pub struct VmmControl {
+    exit: Arc<ExitSignal>,
+    reset: EventFd,
+    signals: OwnedFd,
+}
+
+impl VmmControl {
+    /// Blocks [`STOP_SIGNALS`] in this thread (and the threads it spawns
+    /// later) and receives them through a signalfd instead.
+    pub fn new(exit: Arc<ExitSignal>, reset: EventFd) -> std::io::Result<Self> {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset; the
+        // libc calls get valid pointers to it; signalfd returns a new fd we
+        // own (checked below) or -1.
+        let fd = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signo in STOP_SIGNALS {
+                libc::sigaddset(&mut set, signo);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor returned by signalfd.
+        let signals = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(VmmControl { exit, reset, signals })
+    }
+
+    fn read_signal(&self) -> Option<i32> {
+        // SAFETY: signalfd_siginfo is plain data; read fills at most its size
+        // from our signalfd.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: the buffer is `info`, `size` bytes long.
+        let n =
+            unsafe { libc::read(self.signals.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        (n == size as isize).then_some(info.ssi_signo as i32)
+    }
+}
+
+impl MutEventSubscriber for VmmControl {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, data) in [
+            (self.exit.event().as_raw_fd(), SOURCE_EXIT),
+            (self.reset.as_raw_fd(), SOURCE_RESET),
+            (self.signals.as_raw_fd(), SOURCE_SIGNAL),
+        ] {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                tracing::error!(error = ?e, "cannot watch VM life-cycle events");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            SOURCE_EXIT => {
+                let _ = self.exit.event().read();
+            }
+            SOURCE_RESET => {
+                let _ = self.reset.read();
+                tracing::info!("guest reset or powered off");
+                self.exit.request(ExitReason::GuestShutdown);
+            }
+            SOURCE_SIGNAL => {
+                if let Some(signo) = self.read_signal() {
+                    tracing::info!(signal = signo, "stopping on signal");
+                    self.exit.request(ExitReason::Signal(signo));
+                }
+            }
+            other => tracing::warn!(source = other, "unknown life-cycle event"),
+        }
+    }
+}
+
+/// A VM ready to run, assembled by [`Vmm::build`](crate::builder).
+pub struct Vmm {
+    pub(crate) config: VmConfig,
+    pub(crate) options: VmmOptions,
+    // Kept open for the VM's lifetime: the vCPU and device fds belong to it.
+    pub(crate) _vm: VmFd,
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>>,
+    // The event loop holds it too; kept here to make ownership explicit.
+    pub(crate) _control: Arc<Mutex<VmmControl>>,
+    pub(crate) exit: Arc<ExitSignal>,
+    pub(crate) serial: Arc<Mutex<SerialDevice>>,
+    pub(crate) vsock: Option<Arc<Mutex<Vsock>>>,
+    pub(crate) sampler: Option<Arc<RipSampler>>,
+    pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm").field("config", &self.config).field("vcpus", &self.vcpus.len()).finish()
+    }
+}
+
+impl Vmm {
+    /// Runs the VM until it ends and returns why. The vCPU threads are left
+    /// running: the caller is expected to exit the process.
+    pub fn run(mut self) -> ExitReason {
+        for vcpu in std::mem::take(&mut self.vcpus) {
+            if let Err(e) = vcpu.spawn() {
+                self.exit.request(ExitReason::Fatal(format!("cannot start a vCPU thread: {e}")));
+            }
+        }
+        if let Some(sampler) = &self.sampler {
+            if let Err(e) = sampler.start(self.exit.clone()) {
+                tracing::warn!(error = %e, "cannot start the RIP sampler");
+            }
+        }
+        let reason = loop {
+            if let Some(reason) = self.exit.reason() {
+                break reason;
+            }
+            if let Err(e) = self.event_manager.run() {
+                self.exit.request(ExitReason::Fatal(format!("event loop failed: {e:?}")));
+            }
+        };
+        self.finish(&reason);
+        reason
+    }
+
+    fn finish(&self, reason: &ExitReason) {
+        lock(&self.serial).flush();
+        if let Some(vsock) = &self.vsock {
+            let mut vsock = lock(vsock);
+            tracing::debug!(metrics = %vsock.metrics().summary(), "vsock");
+            vsock.close_backend();
+        }
+        if let (Some(sampler), Some((path, _))) = (&self.sampler, &self.options.profile_rip) {
+            let symbols = KernelSymbols::for_kernel(&self.config.kernel);
+            match sampler.write_report(path, symbols.as_ref()) {
+                Ok(()) => tracing::info!(path = %path.display(), "RIP profile written"),
+                Err(e) => tracing::warn!(error = %e, "cannot write the RIP profile"),
+            }
+        }
+        let boot_us = lock(&self.boot_timer).fired_at().map(|d| d.as_micros() as u64);
+        match reason {
+            ExitReason::GuestShutdown => tracing::info!(boot_timer_us = ?boot_us, "VM shut down"),
+            ExitReason::Signal(signo) => tracing::info!(signal = signo, "VM stopped by signal"),
+            ExitReason::Fatal(why) => tracing::error!(boot_timer_us = ?boot_us, "VM failed: {why}"),
+        }
+    }
+}
