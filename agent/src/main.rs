@@ -17,7 +17,6 @@ mod shutdown;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kata_like_protocol::agent_ttrpc::create_agent_service;
 use kata_like_protocol::AGENT_VSOCK_PORT;
 
 use crate::reaper::Reaper;
@@ -76,7 +75,7 @@ fn main() {
     init_logging(is_init);
 
     let reaper = Arc::new(Reaper::new());
-    let service = create_agent_service(Arc::new(service::Agent::new(reaper.clone(), is_init)));
+    let service = service::methods(Arc::new(service::Agent::new(reaper.clone(), is_init)));
     let server = ttrpc::Server::new().bind(&address).map(|s| s.register_service(service));
     let mut server = match server {
         Ok(server) => server,

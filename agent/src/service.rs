@@ -1,7 +1,14 @@
 //! The ttrpc AgentService. Every request is validated; failures become ttrpc
 //! status codes, and a panic inside a handler is caught and reported as
 //! INTERNAL instead of taking down PID 1 (which would panic the guest).
+//!
+//! ttrpc's generated handlers give up on a payload that does not decode by
+//! closing the whole connection without an answer; [`methods`] wraps each
+//! of them so that such a request gets INVALID_ARGUMENT like any other bad
+//! request.
 
+use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +16,8 @@ use std::time::{Duration, Instant};
 use kata_like_protocol::agent::{
     HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest, ShutdownResponse,
 };
-use kata_like_protocol::agent_ttrpc::AgentService;
-use ttrpc::{Code, TtrpcContext};
+use kata_like_protocol::agent_ttrpc::{create_agent_service, AgentService};
+use ttrpc::{Code, MethodHandler, TtrpcContext};
 
 use crate::process::{self, RunError};
 use crate::reaper::Reaper;
@@ -28,6 +35,47 @@ impl Agent {
     pub fn new(reaper: Arc<Reaper>, is_init: bool) -> Self {
         Agent { reaper, started: Instant::now(), is_init }
     }
+}
+
+/// Answers INVALID_ARGUMENT to payloads that are not a `T`, and hands the
+/// rest to the generated handler.
+struct DecodeChecked<T> {
+    inner: Box<dyn MethodHandler + Send + Sync>,
+    request_type: PhantomData<fn() -> T>,
+}
+
+impl<T: protobuf::Message> MethodHandler for DecodeChecked<T> {
+    fn handler(&self, ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
+        if let Err(e) = T::parse_from_bytes(&req.payload) {
+            let mut res = ttrpc::Response::new();
+            res.status = protobuf::MessageField::some(ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                format!("malformed {} request: {e}", req.method),
+            ));
+            return ctx.respond(ctx.mh.stream_id, res);
+        }
+        self.inner.handler(ctx, req)
+    }
+}
+
+fn checked<T: protobuf::Message>(inner: Box<dyn MethodHandler + Send + Sync>) -> Box<dyn MethodHandler + Send + Sync> {
+    Box::new(DecodeChecked::<T> { inner, request_type: PhantomData })
+}
+
+/// The service's methods for `ttrpc::Server::register_service`.
+pub fn methods(agent: Arc<Agent>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+    create_agent_service(agent)
+        .into_iter()
+        .map(|(path, handler)| {
+            let wrapped = match path.rsplit('/').next() {
+                Some("Health") => checked::<HealthRequest>(handler),
+                Some("RunProcess") => checked::<RunProcessRequest>(handler),
+                Some("Shutdown") => checked::<ShutdownRequest>(handler),
+                _ => handler,
+            };
+            (path, wrapped)
+        })
+        .collect()
 }
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
