@@ -38,9 +38,11 @@ impl Agent {
 }
 
 /// Answers INVALID_ARGUMENT to payloads that are not a `T`, and hands the
-/// rest to the generated handler.
+/// rest to the generated handler. The payload is decoded twice (here and by
+/// the handler): a copy of at most a few MiB, the price of not patching
+/// ttrpc's server loop.
 struct DecodeChecked<T> {
-    inner: Box<dyn MethodHandler + Send + Sync>,
+    inner: Handler,
     request_type: PhantomData<fn() -> T>,
 }
 
@@ -58,22 +60,34 @@ impl<T: protobuf::Message> MethodHandler for DecodeChecked<T> {
     }
 }
 
-fn checked<T: protobuf::Message>(inner: Box<dyn MethodHandler + Send + Sync>) -> Box<dyn MethodHandler + Send + Sync> {
+fn checked<T: protobuf::Message>(inner: Handler) -> Handler {
     Box::new(DecodeChecked::<T> { inner, request_type: PhantomData })
 }
 
+type Handler = Box<dyn MethodHandler + Send + Sync>;
+
+/// Wraps the generated handler of RPC `name` in its decode check, or gives
+/// it back when `name` is a method this list does not know yet.
+fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
+    match name {
+        "Health" => Ok(checked::<HealthRequest>(handler)),
+        "RunProcess" => Ok(checked::<RunProcessRequest>(handler)),
+        "Shutdown" => Ok(checked::<ShutdownRequest>(handler)),
+        _ => Err(handler),
+    }
+}
+
 /// The service's methods for `ttrpc::Server::register_service`.
-pub fn methods(agent: Arc<Agent>) -> HashMap<String, Box<dyn MethodHandler + Send + Sync>> {
+pub fn methods(agent: Arc<Agent>) -> HashMap<String, Handler> {
     create_agent_service(agent)
         .into_iter()
         .map(|(path, handler)| {
-            let wrapped = match path.rsplit('/').next() {
-                Some("Health") => checked::<HealthRequest>(handler),
-                Some("RunProcess") => checked::<RunProcessRequest>(handler),
-                Some("Shutdown") => checked::<ShutdownRequest>(handler),
-                _ => handler,
-            };
-            (path, wrapped)
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let handler = decode_checked(name, handler).unwrap_or_else(|unchecked| {
+                tracing::warn!(path, "RPC served without a decode check");
+                unchecked
+            });
+            (path, handler)
         })
         .collect()
 }
@@ -138,5 +152,19 @@ impl AgentService for Agent {
                 .map_err(|e| status(Code::INTERNAL, format!("cannot start shutdown: {e}")))?;
             Ok(ShutdownResponse::new())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_generated_method_is_decode_checked() {
+        let agent = Arc::new(Agent::new(Arc::new(Reaper::new()), false));
+        for (path, handler) in create_agent_service(agent) {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            assert!(decode_checked(name, handler).is_ok(), "{path} has no decode check");
+        }
     }
 }
