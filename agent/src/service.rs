@@ -37,6 +37,13 @@ impl Agent {
     }
 }
 
+type Handler = Box<dyn MethodHandler + Send + Sync>;
+
+/// The RPC name at the end of a ttrpc method path (`/service/Name`).
+fn method_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or_default()
+}
+
 /// Answers INVALID_ARGUMENT to payloads that are not a `T`, and hands the
 /// rest to the generated handler. The payload is decoded twice (here and by
 /// the handler): a copy of at most a few MiB, the price of not patching
@@ -64,8 +71,6 @@ fn checked<T: protobuf::Message>(inner: Handler) -> Handler {
     Box::new(DecodeChecked::<T> { inner, request_type: PhantomData })
 }
 
-type Handler = Box<dyn MethodHandler + Send + Sync>;
-
 /// Wraps the generated handler of RPC `name` in its decode check, or gives
 /// it back when `name` is a method this list does not know yet.
 fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
@@ -82,8 +87,7 @@ pub fn methods(agent: Arc<Agent>) -> HashMap<String, Handler> {
     create_agent_service(agent)
         .into_iter()
         .map(|(path, handler)| {
-            let name = path.rsplit('/').next().unwrap_or_default();
-            let handler = decode_checked(name, handler).unwrap_or_else(|unchecked| {
+            let handler = decode_checked(method_name(&path), handler).unwrap_or_else(|unchecked| {
                 tracing::warn!(path, "RPC served without a decode check");
                 unchecked
             });
@@ -163,8 +167,7 @@ mod tests {
     fn every_generated_method_is_decode_checked() {
         let agent = Arc::new(Agent::new(Arc::new(Reaper::new()), false));
         for (path, handler) in create_agent_service(agent) {
-            let name = path.rsplit('/').next().unwrap_or_default();
-            assert!(decode_checked(name, handler).is_ok(), "{path} has no decode check");
+            assert!(decode_checked(method_name(&path), handler).is_ok(), "{path} has no decode check");
         }
     }
 }
