@@ -26,3 +26,12 @@ kdir=$(dirname "$kernel")
 for f in vmlinux bzImage System.map; do ln -sfn "$kdir/$f" "$ARTIFACTS/$f"; done
 ln -sfn "$initrd" "$ARTIFACTS/initrd.cpio"
 say "artifacts: $ARTIFACTS -> kernel $(cat "$kdir/release"), $(basename "$(dirname "$initrd")")/initrd.cpio"
+[ -x "$VIRTIOFSD" ] && ln -sfn "$VIRTIOFSD" "$ARTIFACTS/virtiofsd"
+
+# containerd finds shims on its PATH: link ours (and the tools) there.
+for bin in containerd-shim-kata-like-v2 kata-like kata-like-vmm; do
+    ln -sfn "$TARGET_DIR/release/$bin" "/usr/local/bin/$bin" 2>/dev/null || true
+done
+
+say "building the busybox test image (cached)"
+"$ROOT/scripts/make-busybox-image.sh" "$KATA_LIKE_CACHE/images/busybox.tar" >/dev/null

@@ -8,6 +8,10 @@ ARTIFACTS=$KATA_LIKE_CACHE/artifacts
 # crt-static flags never invalidate the host build).
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GUEST_TARGET_DIR=$TARGET_DIR/guest
+# virtiofsd from crates.io, cached by version outside the repository.
+VIRTIOFSD_VERSION=1.14.0
+VIRTIOFSD_ROOT=$KATA_LIKE_CACHE/virtiofsd/$VIRTIOFSD_VERSION
+VIRTIOFSD=$VIRTIOFSD_ROOT/bin/virtiofsd
 AGENT_BIN=$GUEST_TARGET_DIR/x86_64-unknown-linux-gnu/guest/kata-like-agent
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

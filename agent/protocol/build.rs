@@ -8,7 +8,7 @@ use std::fs;
 use std::path::PathBuf;
 
 fn main() {
-    let protos = ["protos/agent.proto"];
+    let protos = ["protos/agent.proto", "protos/cgroups_v2.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -23,7 +23,7 @@ fn main() {
         .run()
         .expect("ttrpc codegen of protos/agent.proto");
 
-    for name in ["agent.rs", "agent_ttrpc.rs"] {
+    for name in ["agent.rs", "agent_ttrpc.rs", "cgroups_v2.rs"] {
         let text = fs::read_to_string(raw_dir.join(name)).expect("read generated file");
         let stripped: String = text
             .lines()

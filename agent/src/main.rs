@@ -8,16 +8,18 @@
 //! `kata-like-agent --listen unix:///path` serves on a Unix socket without
 //! doing any init work, for tests on the host.
 
+mod container;
 mod init;
 mod process;
 mod reaper;
+mod sandbox;
 mod service;
 mod shutdown;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kata_like_protocol::AGENT_VSOCK_PORT;
+use kata_like_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
 
 use crate::reaper::Reaper;
 
@@ -75,8 +77,34 @@ fn main() {
     init_logging(is_init);
 
     let reaper = Arc::new(Reaper::new());
-    let service = service::methods(Arc::new(service::Agent::new(reaper.clone(), is_init)));
-    let server = ttrpc::Server::new().bind(&address).map(|s| s.register_service(service));
+    let io = Arc::new(container::stdio::IoHub::default());
+    // As init: stdio on vsock, shared fs and cgroups at their guest places.
+    // Elsewhere (host tests): stdio on `<socket>.io`, paths from the
+    // environment.
+    let unix_path = address.strip_prefix("unix://").map(std::path::PathBuf::from);
+    let io_listener = if is_init {
+        container::stdio::listen(Some(IO_VSOCK_PORT), None)
+    } else {
+        let path = unix_path.as_ref().map(|p| p.with_extension("io"));
+        container::stdio::listen(None, path.as_deref())
+    };
+    match io_listener {
+        Ok(fd) => io.serve(fd),
+        Err(e) => tracing::error!(error = %e, "cannot listen for stdio streams; containers cannot start"),
+    }
+    let env_path = |key: &str, default: &str| std::env::var_os(key).map(Into::into).unwrap_or_else(|| default.into());
+    let containers = Arc::new(container::Containers::new(
+        reaper.clone(),
+        io,
+        if is_init { sandbox::SHARED_MOUNT.into() } else { env_path("KATA_LIKE_AGENT_SHARED", sandbox::SHARED_MOUNT) },
+        if is_init { "/sys/fs/cgroup".into() } else { env_path("KATA_LIKE_AGENT_CGROUP", "/sys/fs/cgroup") },
+    ));
+    let service = service::methods(Arc::new(service::Agent::new(reaper.clone(), containers, is_init)));
+    // Long polls (WaitProcess, GetOomEvent) each hold a handler thread.
+    let server = ttrpc::Server::new()
+        .set_thread_count_max(256)
+        .bind(&address)
+        .map(|s| s.register_service(service));
     let mut server = match server {
         Ok(server) => server,
         Err(e) => {

@@ -51,6 +51,20 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Runs `fork` (which starts a child and returns its PID and `T`) with
+    /// the registry locked, and registers the child: an immediate exit is
+    /// still delivered to the returned receiver.
+    pub fn register<T>(
+        &self,
+        fork: impl FnOnce() -> Result<(i32, T), String>,
+    ) -> Result<((i32, Receiver<ExitState>), T), String> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (pid, extra) = fork()?;
+        let (tx, rx) = sync_channel(1);
+        waiters.insert(pid, tx);
+        Ok(((pid, rx), extra))
+    }
+
     /// Reaps every exited child without blocking.
     pub fn reap(&self) {
         loop {

@@ -14,11 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::{
-    HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest, ShutdownResponse,
+    ContainerRequest, CreateContainerRequest, Empty, ExecProcessRequest, HealthRequest, HealthResponse,
+    ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RunProcessRequest,
+    RunProcessResponse, SetupSandboxRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest, StatsResponse,
+    UpdateContainerRequest, WaitProcessResponse,
 };
 use kata_like_protocol::agent_ttrpc::{create_agent_service, AgentService};
 use ttrpc::{Code, MethodHandler, TtrpcContext};
 
+use crate::container::{ContainerError, Containers};
 use crate::process::{self, RunError};
 use crate::reaper::Reaper;
 
@@ -26,15 +30,33 @@ use crate::reaper::Reaper;
 #[derive(Debug)]
 pub struct Agent {
     reaper: Arc<Reaper>,
+    containers: Arc<Containers>,
     started: Instant,
     is_init: bool,
 }
 
 impl Agent {
     /// A service whose children are reaped by `reaper`.
-    pub fn new(reaper: Arc<Reaper>, is_init: bool) -> Self {
-        Agent { reaper, started: Instant::now(), is_init }
+    pub fn new(reaper: Arc<Reaper>, containers: Arc<Containers>, is_init: bool) -> Self {
+        Agent { reaper, containers, started: Instant::now(), is_init }
     }
+}
+
+fn container_status(e: ContainerError) -> ttrpc::Error {
+    let code = match e {
+        ContainerError::Invalid(_) => Code::INVALID_ARGUMENT,
+        ContainerError::NotFound(_) => Code::NOT_FOUND,
+        ContainerError::Exists(_) => Code::ALREADY_EXISTS,
+        ContainerError::State(_) => Code::FAILED_PRECONDITION,
+        ContainerError::Failed(_) => Code::INTERNAL,
+    };
+    status(code, e.to_string())
+}
+
+fn pid_response(pid: u32) -> ProcessResponse {
+    let mut resp = ProcessResponse::new();
+    resp.pid = pid;
+    resp
 }
 
 type Handler = Box<dyn MethodHandler + Send + Sync>;
@@ -78,6 +100,16 @@ fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
         "Health" => Ok(checked::<HealthRequest>(handler)),
         "RunProcess" => Ok(checked::<RunProcessRequest>(handler)),
         "Shutdown" => Ok(checked::<ShutdownRequest>(handler)),
+        "SetupSandbox" => Ok(checked::<SetupSandboxRequest>(handler)),
+        "CreateContainer" => Ok(checked::<CreateContainerRequest>(handler)),
+        "ExecProcess" => Ok(checked::<ExecProcessRequest>(handler)),
+        "SignalProcess" => Ok(checked::<SignalProcessRequest>(handler)),
+        "ResizeTty" => Ok(checked::<ResizeTtyRequest>(handler)),
+        "UpdateContainer" => Ok(checked::<UpdateContainerRequest>(handler)),
+        "StartContainer" | "PauseContainer" | "ResumeContainer" | "ListPids" | "StatsContainer"
+        | "RemoveContainer" => Ok(checked::<ContainerRequest>(handler)),
+        "WaitProcess" | "CloseStdin" => Ok(checked::<ProcessRequest>(handler)),
+        "GetOomEvent" => Ok(checked::<Empty>(handler)),
         _ => Err(handler),
     }
 }
@@ -147,6 +179,122 @@ impl AgentService for Agent {
         })
     }
 
+    fn setup_sandbox(&self, _ctx: &TtrpcContext, req: SetupSandboxRequest) -> ttrpc::Result<Empty> {
+        guarded("SetupSandbox", || {
+            crate::sandbox::setup(&req, self.containers.shared_root())
+                .map(|()| Empty::new())
+                .map_err(|e| status(Code::FAILED_PRECONDITION, e))
+        })
+    }
+
+    fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<ProcessResponse> {
+        guarded("CreateContainer", || {
+            let stdio = req.stdio.clone().unwrap_or_default();
+            self.containers
+                .create(&req.container_id, &req.spec_json, &req.rootfs, &stdio)
+                .map(pid_response)
+                .map_err(container_status)
+        })
+    }
+
+    fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<ProcessResponse> {
+        guarded("StartContainer", || self.containers.start(&req.container_id).map(pid_response).map_err(container_status))
+    }
+
+    fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ProcessResponse> {
+        guarded("ExecProcess", || {
+            let stdio = req.stdio.clone().unwrap_or_default();
+            self.containers
+                .exec(&req.container_id, &req.exec_id, &req.process_json, &stdio)
+                .map(pid_response)
+                .map_err(container_status)
+        })
+    }
+
+    fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        guarded("SignalProcess", || {
+            self.containers
+                .signal(&req.container_id, &req.exec_id, req.signal, req.all)
+                .map(|()| Empty::new())
+                .map_err(container_status)
+        })
+    }
+
+    fn wait_process(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        guarded("WaitProcess", || {
+            let exit = self.containers.wait(&req.container_id, &req.exec_id).map_err(container_status)?;
+            let mut resp = WaitProcessResponse::new();
+            resp.exit_status = exit.status;
+            resp.exited_at_ns = exit.at_ns;
+            resp.oom_killed = exit.oom_killed;
+            Ok(resp)
+        })
+    }
+
+    fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        guarded("ResizeTty", || {
+            self.containers
+                .resize(&req.container_id, &req.exec_id, req.width, req.height)
+                .map(|()| Empty::new())
+                .map_err(container_status)
+        })
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        // Stdin EOF travels on the stdin stream itself (the host half-closes
+        // it); this only checks that the process exists.
+        guarded("CloseStdin", || {
+            self.containers.wait_target_exists(&req.container_id, &req.exec_id).map(|()| Empty::new()).map_err(container_status)
+        })
+    }
+
+    fn pause_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        guarded("PauseContainer", || {
+            self.containers.set_paused(&req.container_id, true).map(|()| Empty::new()).map_err(container_status)
+        })
+    }
+
+    fn resume_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        guarded("ResumeContainer", || {
+            self.containers.set_paused(&req.container_id, false).map(|()| Empty::new()).map_err(container_status)
+        })
+    }
+
+    fn list_pids(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<ListPidsResponse> {
+        guarded("ListPids", || {
+            let mut resp = ListPidsResponse::new();
+            resp.pids = self.containers.pids(&req.container_id).map_err(container_status)?;
+            Ok(resp)
+        })
+    }
+
+    fn stats_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<StatsResponse> {
+        guarded("StatsContainer", || self.containers.stats(&req.container_id).map_err(container_status))
+    }
+
+    fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+        guarded("UpdateContainer", || {
+            self.containers
+                .update(&req.container_id, &req.resources_json)
+                .map(|()| Empty::new())
+                .map_err(container_status)
+        })
+    }
+
+    fn remove_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<Empty> {
+        guarded("RemoveContainer", || {
+            self.containers.remove(&req.container_id).map(|()| Empty::new()).map_err(container_status)
+        })
+    }
+
+    fn get_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
+        guarded("GetOomEvent", || {
+            let mut event = OomEvent::new();
+            event.container_id = self.containers.next_oom();
+            Ok(event)
+        })
+    }
+
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
         guarded("Shutdown", || {
             let is_init = self.is_init;
@@ -165,7 +313,10 @@ mod tests {
 
     #[test]
     fn every_generated_method_is_decode_checked() {
-        let agent = Arc::new(Agent::new(Arc::new(Reaper::new()), false));
+        let reaper = Arc::new(Reaper::new());
+        let io = Arc::new(crate::container::stdio::IoHub::default());
+        let containers = Arc::new(Containers::new(reaper.clone(), io, "/nonexistent".into(), "/nonexistent".into()));
+        let agent = Arc::new(Agent::new(reaper, containers, false));
         for (path, handler) in create_agent_service(agent) {
             assert!(decode_checked(method_name(&path), handler).is_ok(), "{path} has no decode check");
         }

@@ -32,3 +32,9 @@ pub fn default_vmm() -> PathBuf {
         _ => PathBuf::from("kata-like-vmm"),
     }
 }
+
+/// virtiofsd as installed by scripts/setup.sh (a link in the artefacts
+/// directory to the version-keyed cache).
+pub fn default_virtiofsd() -> PathBuf {
+    cache_dir().join("artifacts/virtiofsd")
+}

@@ -8,4 +8,7 @@
 //! in its own issue; today its binary is a skeleton.
 
 pub mod artifacts;
+pub mod config;
+pub mod shim;
 pub mod sandbox;
+pub mod virtiofsd;

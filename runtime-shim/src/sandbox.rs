@@ -1,6 +1,7 @@
 //! A sandbox VM as seen from the host: the `kata-like-vmm` child process,
 //! its state directory (vsock socket, VMM log, guest console), and the agent
-//! client. Shared by the `kata-like` CLI, the tests and (next) the shim.
+//! client, and with a shared directory its virtiofsd child. Shared by the
+//! `kata-like` CLI, the tests and the containerd shim.
 //!
 //! The VMM is started with PR_SET_PDEATHSIG so it dies with the process that
 //! started it; dropping a [`SandboxVm`] kills a VMM that is still running and
@@ -42,6 +43,11 @@ pub struct VmSpec {
     pub state_parent: Option<PathBuf>,
     /// Extra `kata-like-vmm` arguments (debugging, e.g. `--profile-rip=FILE`).
     pub vmm_args: Vec<String>,
+    /// Use exactly this state directory (created if needed, and left for
+    /// the caller to remove) instead of a temporary one under `state_parent`.
+    pub state_dir: Option<PathBuf>,
+    /// A host directory shared with the guest over virtio-fs.
+    pub shared: Option<crate::virtiofsd::SharedFs>,
 }
 
 /// Errors of sandbox VMs. Each names what failed and, for boot failures,
@@ -74,6 +80,9 @@ pub enum SandboxError {
         /// Last lines of the guest console.
         console: String,
     },
+    /// virtiofsd could not be started.
+    #[error("{0}")]
+    Virtiofsd(String),
     /// The agent failed a request.
     #[error(transparent)]
     Agent(#[from] AgentClientError),
@@ -102,6 +111,7 @@ pub struct BootTimes {
 #[derive(Debug)]
 pub struct SandboxVm {
     child: Option<Child>,
+    virtiofsd: Option<Child>,
     state_path: PathBuf,
     /// Removed on drop (kept with KATA_LIKE_KEEP_STATE set, for debugging).
     state: Option<tempfile::TempDir>,
@@ -162,15 +172,34 @@ impl SandboxVm {
                 return Err(SandboxError::Missing { what, path: path.clone() });
             }
         }
-        let parent = spec.state_parent.clone().unwrap_or_else(std::env::temp_dir);
-        let state = tempfile::Builder::new()
-            .prefix("kata-like-vm-")
-            .tempdir_in(&parent)
-            .map_err(io_err(format!("creating a state directory in {}", parent.display())))?;
-        let uds = state.path().join("vsock.sock");
-        let console = state.path().join("console.log");
-        let vmm_log = state.path().join("vmm.log");
+        let (state, state_path) = match &spec.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+                (None, dir.clone())
+            }
+            None => {
+                let parent = spec.state_parent.clone().unwrap_or_else(std::env::temp_dir);
+                let state = tempfile::Builder::new()
+                    .prefix("kata-like-vm-")
+                    .tempdir_in(&parent)
+                    .map_err(io_err(format!("creating a state directory in {}", parent.display())))?;
+                let path = state.path().to_path_buf();
+                (Some(state), path)
+            }
+        };
+        let uds = state_path.join("vsock.sock");
+        let console = state_path.join("console.log");
+        let vmm_log = state_path.join("vmm.log");
         let log_file = File::create(&vmm_log).map_err(io_err("creating the VMM log"))?;
+        let mut virtiofsd = match &spec.shared {
+            Some(shared) => {
+                let socket = state_path.join("virtiofsd.sock");
+                let child = crate::virtiofsd::start(shared, &socket, &state_path.join("virtiofsd.log"))
+                    .map_err(SandboxError::Virtiofsd)?;
+                Some((child, format!("{}={}", shared.tag, socket.display())))
+            }
+            None => None,
+        };
 
         let mut command = Command::new(&spec.vmm);
         command
@@ -192,6 +221,9 @@ impl SandboxVm {
         if let Some(extra) = &spec.extra_cmdline {
             command.arg("--append").arg(extra);
         }
+        if let Some((_, fs)) = &virtiofsd {
+            command.arg("--fs").arg(fs);
+        }
         command.args(&spec.vmm_args);
         // SAFETY: prctl is async-signal-safe and touches no memory of the
         // parent; it makes the kernel kill the VMM if its parent dies.
@@ -204,17 +236,35 @@ impl SandboxVm {
             });
         }
         let started = Instant::now();
-        let mut child = command.spawn().map_err(io_err(format!("starting {}", spec.vmm.display())))?;
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some((mut fsd, _)) = virtiofsd.take() {
+                    stop(&mut fsd);
+                }
+                return Err(io_err(format!("starting {}", spec.vmm.display()))(e));
+            }
+        };
 
-        let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || match child.try_wait() {
-            Ok(Some(status)) => Err(format!("the VMM exited ({status})")),
-            Ok(None) => Ok(()),
-            Err(e) => Err(format!("cannot check the VMM process: {e}")),
+        let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || {
+            if let Some((fsd, _)) = virtiofsd.as_mut() {
+                if let Ok(Some(status)) = fsd.try_wait() {
+                    return Err(format!("virtiofsd exited ({status})"));
+                }
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => Err(format!("the VMM exited ({status})")),
+                Ok(None) => Ok(()),
+                Err(e) => Err(format!("cannot check the VMM process: {e}")),
+            }
         });
         let (client, health) = match ready {
             Ok(ready) => ready,
             Err(e) => {
                 stop(&mut child);
+                if let Some((mut fsd, _)) = virtiofsd.take() {
+                    stop(&mut fsd);
+                }
                 let log = tail(&vmm_log, 8);
                 let reason = log
                     .lines()
@@ -222,7 +272,9 @@ impl SandboxVm {
                     .map(|why| format!("{e}; VMM: {why}"))
                     .unwrap_or_else(|| e.to_string());
                 let console = tail(&console, 15);
-                keep_for_debugging(state);
+                if let Some(state) = state {
+                    keep_for_debugging(state);
+                }
                 return Err(SandboxError::Boot { reason, vmm_log: log, console });
             }
         };
@@ -234,8 +286,9 @@ impl SandboxVm {
         };
         Ok(SandboxVm {
             child: Some(child),
-            state_path: state.path().to_path_buf(),
-            state: Some(state),
+            virtiofsd: virtiofsd.map(|(c, _)| c),
+            state_path,
+            state,
             client,
             health,
             times,
@@ -260,6 +313,32 @@ impl SandboxVm {
     /// The VMM's process ID.
     pub fn vmm_pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the VMM (or virtiofsd) has exited, and how: a crashed VMM or
+    /// a guest that reset on panic.
+    pub fn exited(&mut self) -> Option<String> {
+        if let Some(fsd) = self.virtiofsd.as_mut() {
+            if let Ok(Some(status)) = fsd.try_wait() {
+                return Some(format!("virtiofsd exited ({status})"));
+            }
+        }
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => Some(format!("the VMM exited ({status})")),
+            Some(Ok(None)) => None,
+            Some(Err(e)) => Some(format!("cannot check the VMM: {e}")),
+            None => Some("the VMM was stopped".into()),
+        }
+    }
+
+    /// Stops the VMM and virtiofsd now (no guest shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(&mut child);
+        }
+        if let Some(mut fsd) = self.virtiofsd.take() {
+            stop(&mut fsd);
+        }
     }
 
     /// The state directory (socket, logs).
@@ -300,6 +379,9 @@ impl SandboxVm {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().map_err(io_err("waiting for the VMM"))? {
+                if let Some(mut fsd) = self.virtiofsd.take() {
+                    stop(&mut fsd);
+                }
                 return Ok(status);
             }
             if Instant::now() >= deadline {
@@ -313,9 +395,7 @@ impl SandboxVm {
 
 impl Drop for SandboxVm {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop(&mut child);
-        }
+        self.kill();
         if let Some(state) = self.state.take() {
             keep_for_debugging(state);
         }
@@ -348,6 +428,8 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             state_parent: None,
             vmm_args: vec![],
+            state_dir: None,
+            shared: None,
         };
         let err = SandboxVm::start(&spec).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");

@@ -15,6 +15,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod containerd;
+
 use kata_like_runtime::artifacts;
 use kata_like_runtime::sandbox::VmSpec;
 
@@ -84,6 +86,8 @@ impl Artifacts {
             boot_timeout: Duration::from_secs(300),
             state_parent: None,
             vmm_args: vec![],
+            state_dir: None,
+            shared: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! 1. KVM and the VM; guest memory registered with KVM.
 //! 2. In-kernel IRQ chip (PIC + IO-APIC + LAPICs) and PIT.
 //! 3. Kernel, initrd, command line, MP table, boot protocol data.
-//! 4. Devices: COM1, i8042, boot timer, virtio-vsock (irqfd + ioeventfds).
+//! 4. Devices: COM1, i8042, boot timer, virtio-vsock, virtio-fs (irqfd +
+//!    ioeventfds).
 //! 5. vCPUs with the CPUID template; the boot vCPU at the kernel entry.
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::vsock::device::VsockError;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
@@ -79,6 +81,9 @@ pub enum BuildError {
     /// The vsock device could not be created.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A virtio-fs device could not reach its virtiofsd.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// Device placement failed.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -170,7 +175,8 @@ impl Vmm {
         let kvm = Kvm::new().map_err(BuildError::Kvm)?;
         check_kvm(&kvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem = memory::create(mem_size)?;
+        // vhost-user devices need RAM they can map: a memfd, shared.
+        let mem = if config.fs.is_empty() { memory::create(mem_size)? } else { memory::create_shared(mem_size)? };
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -225,6 +231,15 @@ impl Vmm {
             event_manager.add_subscriber(device.clone());
             vsock = Some(device);
         }
+        let mut fs_devices = Vec::new();
+        for (index, fs_config) in config.fs.iter().enumerate() {
+            let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-fs irqfd")?));
+            let device = Arc::new(Mutex::new(Fs::new(&fs_config.tag, &fs_config.socket, interrupt.clone())?));
+            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 1 + index as u32, device.clone(), interrupt)?;
+            event_manager.add_subscriber(device.clone());
+            fs_devices.push(device);
+        }
+        step("devices");
 
         // 5. vCPUs.
         let sampler = match &options.profile_rip {
@@ -266,6 +281,7 @@ impl Vmm {
             exit,
             serial,
             vsock,
+            fs: fs_devices,
             sampler,
             boot_timer,
         })

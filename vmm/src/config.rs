@@ -42,6 +42,8 @@ rootfstype=ramfs retain_initrd rodata=off";
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 /// Largest guest memory accepted.
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
+/// Most virtio-fs devices one VM takes.
+pub const MAX_FS_DEVICES: usize = 8;
 /// Default guest CID.
 pub const DEFAULT_GUEST_CID: u64 = 3;
 
@@ -55,6 +57,26 @@ pub struct VsockConfig {
     /// The guest's context ID (3 or more).
     #[serde(default = "default_cid")]
     pub guest_cid: u64,
+}
+
+/// A virtio-fs device served by a virtiofsd listening on `socket`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The mount tag the guest uses (`mount -t virtiofs TAG DIR`).
+    pub tag: String,
+    /// virtiofsd's vhost-user socket (`virtiofsd --socket-path`).
+    pub socket: PathBuf,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+
+    /// Parses `TAG=SOCKET` (the VMM's `--fs` flag).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tag, socket) = s.split_once('=').ok_or_else(|| format!("--fs {s:?}: expected TAG=SOCKET"))?;
+        Ok(FsConfig { tag: tag.to_string(), socket: socket.into() })
+    }
 }
 
 fn default_cid() -> u64 {
@@ -94,6 +116,9 @@ pub struct VmConfig {
     /// The vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices (guest RAM is then shared with virtiofsd).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// CPUID template.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
@@ -136,6 +161,7 @@ impl VmConfig {
             vcpus: default_vcpus(),
             memory_mib: default_memory(),
             vsock: None,
+            fs: Vec::new(),
             cpu_template: CpuTemplate::default(),
             serial: SerialOutput::default(),
         }
@@ -175,6 +201,21 @@ impl VmConfig {
             }
             if vsock.uds_path.as_os_str().is_empty() {
                 return invalid("vsock uds_path is empty".into());
+            }
+        }
+        // Slot 0 is vsock; the rest of the MMIO window holds fs devices.
+        if self.fs.len() > MAX_FS_DEVICES {
+            return invalid(format!("at most {MAX_FS_DEVICES} fs devices, got {}", self.fs.len()));
+        }
+        for (i, fs) in self.fs.iter().enumerate() {
+            if fs.tag.is_empty() || fs.tag.len() > crate::devices::virtio::fs::TAG_LEN {
+                return invalid(format!("fs[{i}].tag {:?} must be 1 to 36 bytes", fs.tag));
+            }
+            if self.fs[..i].iter().any(|other| other.tag == fs.tag) {
+                return invalid(format!("fs[{i}].tag {:?} is used twice", fs.tag));
+            }
+            if fs.socket.as_os_str().is_empty() {
+                return invalid(format!("fs[{i}].socket is empty"));
             }
         }
         if self.cmdline.contains('\n') {
@@ -227,6 +268,12 @@ mod tests {
         config.vcpus = 1;
         config.vsock = Some(VsockConfig { uds_path: "/x".into(), guest_cid: 2 });
         assert!(config.validate().unwrap_err().to_string().contains("guest_cid"));
+        config.vsock = None;
+        config.fs = vec!["a=/s".parse().expect("fs"), "a=/t".parse().expect("fs")];
+        assert!(config.validate().unwrap_err().to_string().contains("used twice"));
+        config.fs = vec![FsConfig { tag: "x".repeat(37), socket: "/s".into() }];
+        assert!(config.validate().unwrap_err().to_string().contains("fs[0].tag"));
+        assert!("nosocket".parse::<FsConfig>().unwrap_err().contains("TAG=SOCKET"));
     }
 
     #[test]

@@ -43,6 +43,10 @@ struct Cli {
     /// Guest CID of the vsock device.
     #[arg(long, requires = "vsock_uds")]
     guest_cid: Option<u64>,
+    /// Add a virtio-fs device: TAG=SOCKET, SOCKET being virtiofsd's
+    /// vhost-user socket (repeatable).
+    #[arg(long = "fs")]
+    fs: Vec<kata_like_vmm::config::FsConfig>,
     /// CPUID template: conservative (nested/PVM-safe, default) or host.
     #[arg(long)]
     cpu_template: Option<CpuTemplate>,
@@ -93,6 +97,7 @@ impl Cli {
             let guest_cid = self.guest_cid.unwrap_or(kata_like_vmm::config::DEFAULT_GUEST_CID);
             config.vsock = Some(VsockConfig { uds_path: uds_path.clone(), guest_cid });
         }
+        config.fs.extend(self.fs.iter().cloned());
         if let Some(template) = self.cpu_template {
             config.cpu_template = template;
         }

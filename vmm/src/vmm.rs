@@ -19,6 +19,7 @@ use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::profiler::RipSampler;
@@ -126,6 +127,7 @@ pub struct Vmm {
     pub(crate) exit: Arc<ExitSignal>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) vsock: Option<Arc<Mutex<Vsock>>>,
+    pub(crate) fs: Vec<Arc<Mutex<Fs>>>,
     pub(crate) sampler: Option<Arc<RipSampler>>,
     pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
 }
@@ -168,6 +170,9 @@ impl Vmm {
             let mut vsock = lock(vsock);
             tracing::debug!(metrics = %vsock.metrics().summary(), "vsock");
             vsock.close_backend();
+        }
+        for fs in &self.fs {
+            tracing::debug!(metrics = %lock(fs).metrics().summary(), "virtio-fs");
         }
         if let (Some(sampler), Some((path, _))) = (&self.sampler, &self.options.profile_rip) {
             let symbols = KernelSymbols::for_kernel(&self.config.kernel);

@@ -115,6 +115,21 @@ impl AgentClient {
         self.inner.run_process(ctx, request).map_err(|source| AgentClientError::Rpc { method: "RunProcess", source })
     }
 
+    /// Calls RPC `method` through `f` with this client's deadline, or with
+    /// none for long polls (`long_poll`), naming the method in errors.
+    pub fn call<R>(
+        &self,
+        method: &'static str,
+        long_poll: bool,
+        f: impl FnOnce(&AgentServiceClient, ttrpc::context::Context) -> ttrpc::Result<R>,
+    ) -> Result<R, AgentClientError> {
+        let mut ctx = self.context();
+        if long_poll {
+            ctx.timeout_nano = 0;
+        }
+        f(&self.inner, ctx).map_err(|source| AgentClientError::Rpc { method, source })
+    }
+
     /// Asks the agent to end the VM. The guest may reset before the answer
     /// crosses the vsock device; a closed connection counts as success, the
     /// caller waits for the VMM process to exit.

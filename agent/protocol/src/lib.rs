@@ -31,6 +31,25 @@ pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
 
+/// containerd's cgroup v2 metrics messages (for the shim's Stats).
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    unused_attributes,
+    unused_mut,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code
+)]
+pub mod cgroups_v2 {
+    include!(concat!(env!("OUT_DIR"), "/cgroups_v2.rs"));
+}
+
+/// The ttrpc version the agent API uses.
+pub use ttrpc;
+
 /// Generated ttrpc client and service stubs.
 #[allow(
     missing_docs,
@@ -50,6 +69,12 @@ pub mod agent_ttrpc {
 
 /// The vsock port the agent's ttrpc server listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The vsock port of the agent's stdio streams (see `Stdio` in the proto).
+pub const IO_VSOCK_PORT: u32 = 1025;
+
+/// exec_id of a container's init process.
+pub const INIT_EXEC_ID: &str = "init";
 
 /// Output captured per stream by `RunProcess`; more is dropped and flagged.
 /// Two full streams stay well below ttrpc's 4 MiB message limit.

@@ -1,16 +1,10 @@
-//! `containerd-shim-kata-like-v2`: the containerd shim v2 of kata-like.
-//!
-//! Skeleton: the Task service is the subject of the next issue (containerd
-//! shim v2 on the `containerd-shim` crate, reusing `kata_like_runtime::sandbox`).
-//! Until then it refuses clearly instead of pretending to work.
+//! `containerd-shim-kata-like-v2`: the containerd shim v2 of kata-like
+//! (containerd selects it with `runtime_type = "io.containerd.kata-like.v2"`).
+//! The work is in `kata_like_runtime::shim`.
 
-use std::process::ExitCode;
+use kata_like_runtime::shim::KataShim;
 
-fn main() -> ExitCode {
-    eprintln!(
-        "containerd-shim-kata-like-v2 {}: the containerd shim is not implemented yet; \
-         use `kata-like vm exec` to run a command in a microVM",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(1)
+#[tokio::main]
+async fn main() {
+    containerd_shim::asynchronous::run::<KataShim>("io.containerd.kata-like.v2", None).await;
 }

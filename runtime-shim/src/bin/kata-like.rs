@@ -86,6 +86,8 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         state_parent: None,
         vmm_args: args.vmm_args,
+        state_dir: None,
+        shared: None,
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {

@@ -4,11 +4,13 @@
 //!   machine, queue configuration).
 //! * [`vsock`]: the userspace virtio-vsock device with Firecracker's hybrid
 //!   vsock backend.
+//! * [`fs`]: virtio-fs, a vhost-user frontend to virtiofsd.
 //!
 //! Queues are `virtio_queue::Queue`; guest kicks arrive on ioeventfds and
 //! interrupts leave through irqfds, so the vCPU threads only see register
 //! accesses and the devices run on the VMM thread's event loop.
 
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 

@@ -1,0 +1,164 @@
+//! The runtime configuration file (TOML), shared by the shim and the CLI.
+//!
+//! Looked up at the path from containerd's runtime options (`ConfigPath`),
+//! else `$KATA_LIKE_CONFIG`, else [`DEFAULT_PATH`]; a missing default file
+//! means built-in defaults, which work after `scripts/setup.sh`. A path that
+//! was asked for explicitly must exist.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration is read from by default.
+pub const DEFAULT_PATH: &str = "/etc/kata-like/configuration.toml";
+
+/// The configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// `kata-like-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs (agent as /init).
+    pub initrd: PathBuf,
+    /// vCPUs per sandbox.
+    pub vcpus: u8,
+    /// Guest memory per sandbox, MiB.
+    pub memory_mib: u32,
+    /// Kernel parameters appended to the VMM's defaults.
+    pub kernel_params: String,
+    /// virtiofsd binary.
+    pub virtiofsd: PathBuf,
+    /// virtiofsd `--cache` mode: auto, always, never (see docs/design.md).
+    pub virtiofsd_cache: String,
+    /// More virtiofsd arguments.
+    pub virtiofsd_args: Vec<String>,
+    /// Seconds from VMM start until the agent must answer.
+    pub boot_timeout_secs: u64,
+    /// Seconds an agent RPC may take (long polls excepted).
+    pub rpc_timeout_secs: u64,
+    /// Where per-sandbox state (sockets, logs, the shared directory) lives.
+    pub state_root: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            vmm: crate::artifacts::default_vmm(),
+            kernel: crate::artifacts::default_kernel(),
+            initrd: crate::artifacts::default_initrd(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            virtiofsd: crate::artifacts::default_virtiofsd(),
+            virtiofsd_cache: "auto".into(),
+            virtiofsd_args: Vec::new(),
+            boot_timeout_secs: 180,
+            rpc_timeout_secs: 60,
+            state_root: PathBuf::from("/run/kata-like"),
+        }
+    }
+}
+
+/// A configuration that cannot be used; names the file and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("kata-like config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse or has a bad value.
+    #[error("kata-like config {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RuntimeConfig {
+    /// Loads `explicit` (must exist), else `$KATA_LIKE_CONFIG` (must exist),
+    /// else [`DEFAULT_PATH`] if present, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<RuntimeConfig, ConfigError> {
+        let env = std::env::var_os("KATA_LIKE_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from);
+        match explicit.map(Path::to_path_buf).or(env) {
+            Some(path) => Self::from_file(&path),
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(RuntimeConfig::default()),
+        }
+    }
+
+    /// Reads and checks one file.
+    pub fn from_file(path: &Path) -> Result<RuntimeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let invalid = |reason: String| ConfigError::Invalid { path: path.into(), reason };
+        let config: RuntimeConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config.validate().map_err(invalid)?;
+        Ok(config)
+    }
+
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vcpus == 0 || self.vcpus > 32 {
+            return Err(format!("vcpus must be 1..=32, got {}", self.vcpus));
+        }
+        if self.memory_mib < 64 {
+            return Err(format!("memory_mib must be at least 64, got {}", self.memory_mib));
+        }
+        if !matches!(self.virtiofsd_cache.as_str(), "auto" | "always" | "never" | "metadata") {
+            return Err(format!("virtiofsd_cache must be auto, always, never or metadata, got {:?}", self.virtiofsd_cache));
+        }
+        if self.boot_timeout_secs == 0 || self.rpc_timeout_secs == 0 {
+            return Err("boot_timeout_secs and rpc_timeout_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The boot timeout.
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout_secs)
+    }
+
+    /// The RPC timeout.
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_secs(self.rpc_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().expect("tmp");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    #[test]
+    fn partial_files_keep_defaults() {
+        let f = file("vcpus = 2\nmemory_mib = 512\nvirtiofsd_cache = \"never\"\n");
+        let c = RuntimeConfig::from_file(f.path()).expect("config");
+        assert_eq!((c.vcpus, c.memory_mib, c.virtiofsd_cache.as_str()), (2, 512, "never"));
+        assert_eq!(c.state_root, RuntimeConfig::default().state_root);
+    }
+
+    #[test]
+    fn bad_files_are_named_with_the_problem() {
+        let f = file("vcpu = 2\n");
+        let err = RuntimeConfig::from_file(f.path()).unwrap_err().to_string();
+        assert!(err.contains(&f.path().display().to_string()) && err.contains("vcpu"), "{err}");
+        let f = file("virtiofsd_cache = \"sometimes\"\n");
+        assert!(RuntimeConfig::from_file(f.path()).unwrap_err().to_string().contains("virtiofsd_cache"));
+        let err = RuntimeConfig::load(Some(Path::new("/nonexistent/kl.toml"))).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/kl.toml"), "{err}");
+    }
+}

@@ -1,0 +1,89 @@
+//! `containerd-shim-kata-like-v2`: the containerd shim v2 on the
+//! `containerd-shim` crate (async). One shim and one microVM per sandbox.
+//!
+//! * [`service`]: the Task service (containerd → shim → agent).
+//! * [`sandbox`]: the sandbox VM of this shim, created with the first
+//!   container and stopped with the last.
+//! * [`io`]: stdio between containerd's FIFOs and the guest.
+//! * [`rootfs`]: rootfs mounts and the directory shared over virtio-fs.
+//! * [`options`]: containerd's runtime options (`ConfigPath`).
+
+pub mod io;
+pub mod metrics;
+pub mod options;
+pub mod rootfs;
+pub mod sandbox;
+pub mod service;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
+
+/// The annotation grouping containers of one pod into one shim.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The shim process.
+#[derive(Clone)]
+pub struct KataShim {
+    namespace: String,
+    id: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl std::fmt::Debug for KataShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KataShim").field("namespace", &self.namespace).field("id", &self.id).finish()
+    }
+}
+
+impl std::fmt::Debug for service::Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+/// Reads the sandbox id annotation of the bundle in the working directory.
+fn grouping(id: &str) -> String {
+    std::fs::read("config.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.pointer(&format!("/annotations/{}", SANDBOX_ID_ANNOTATION.replace('/', "~1"))).cloned())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| id.to_string())
+}
+
+#[async_trait]
+impl Shim for KataShim {
+    type T = service::Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        KataShim { namespace: args.namespace.clone(), id: args.id.clone(), exit: Arc::new(ExitSignal::default()) }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let group = grouping(&opts.id);
+        spawn(opts, &group, Vec::new()).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        // containerd calls this when the shim is gone: its VMM and virtiofsd
+        // died with it (PDEATHSIG); remove the mounts and state it left.
+        let bundle = std::env::current_dir().unwrap_or_default();
+        sandbox::cleanup_after_crash(&self.id, &bundle);
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.exited_at = protobuf::MessageField::some(containerd_shim::util::timestamp().unwrap_or_default());
+        Ok(resp)
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        service::Service::new(self.namespace.clone(), publisher, self.exit.clone())
+    }
+}

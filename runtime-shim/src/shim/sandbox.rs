@@ -1,0 +1,153 @@
+//! The shim's sandbox: the microVM (VMM + virtiofsd children), its state
+//! directory `<state_root>/<sandbox id>` (vsock socket, logs: vmm.log,
+//! console.log with the agent's log, virtiofsd.log) and the shared
+//! directory containers' rootfs are bound into.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kata_like_protocol::agent::SetupSandboxRequest;
+use kata_like_protocol::AgentClient;
+
+use super::rootfs;
+use crate::config::RuntimeConfig;
+use crate::sandbox::{SandboxVm, VmSpec};
+use crate::virtiofsd::SharedFs;
+
+/// The virtio-fs tag of the shared directory.
+pub const SHARED_TAG: &str = "kataShared";
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    vm: Mutex<Option<SandboxVm>>,
+    client: AgentClient,
+    uds: PathBuf,
+    state: PathBuf,
+    shared: PathBuf,
+    rpc_timeout: std::time::Duration,
+}
+
+/// A marker file so `delete_shim` knows which state directory is ours.
+const STATE_LINK: &str = "kata-like-state";
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)) {
+        log::warn!("no host entropy for the guest: {e}");
+    }
+    buf
+}
+
+impl Sandbox {
+    /// Prepares the shared directory (the caller then binds the first
+    /// rootfs into it) and returns the state paths.
+    pub fn prepare(config: &RuntimeConfig, id: &str, bundle: &Path) -> Result<(PathBuf, PathBuf), String> {
+        let state = config.state_root.join(id);
+        let shared = state.join("shared");
+        rootfs::make_shared_dir(&shared)?;
+        let _ = std::fs::write(bundle.join(STATE_LINK), state.display().to_string());
+        Ok((state, shared))
+    }
+
+    /// Boots the VM sharing `shared` and sets up the guest.
+    pub fn boot(config: &RuntimeConfig, state: PathBuf, shared: PathBuf) -> Result<Sandbox, String> {
+        let spec = VmSpec {
+            vmm: config.vmm.clone(),
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
+            boot_timeout: config.boot_timeout(),
+            state_parent: None,
+            vmm_args: Vec::new(),
+            state_dir: Some(state.clone()),
+            shared: Some(SharedFs {
+                virtiofsd: config.virtiofsd.clone(),
+                dir: shared.clone(),
+                tag: SHARED_TAG.into(),
+                cache: config.virtiofsd_cache.clone(),
+                extra_args: config.virtiofsd_args.clone(),
+            }),
+        };
+        let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;
+        let uds = vm.state_dir().join("vsock.sock");
+        let client = AgentClient::connect(&uds, config.rpc_timeout()).map_err(|e| e.to_string())?;
+        let mut req = SetupSandboxRequest::new();
+        req.entropy = random_bytes(256);
+        req.realtime_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        req.shared_fs_tag = SHARED_TAG.into();
+        client
+            .call("SetupSandbox", false, |c, ctx| c.setup_sandbox(ctx, &req))
+            .map_err(|e| format!("guest set-up failed: {}", super::service::agent_message(&e)))?;
+        let times = vm.boot_times();
+        log::info!(
+            "sandbox VM ready: first KVM_RUN {:?} us, guest init {:?} us, agent {} us",
+            times.first_kvm_run_us,
+            times.boot_timer_us,
+            times.agent_ready_us
+        );
+        Ok(Sandbox { vm: Mutex::new(Some(vm)), client, uds, state, shared, rpc_timeout: config.rpc_timeout() })
+    }
+
+    /// The agent client (bounded RPCs).
+    pub fn client(&self) -> &AgentClient {
+        &self.client
+    }
+
+    /// A fresh connection for a long poll (one per waiter, so waits never
+    /// queue behind each other in the agent's per-connection thread pool).
+    pub fn long_poll_client(&self) -> Result<AgentClient, String> {
+        AgentClient::connect(&self.uds, self.rpc_timeout).map_err(|e| e.to_string())
+    }
+
+    /// The VMM's vsock socket.
+    pub fn uds(&self) -> &Path {
+        &self.uds
+    }
+
+    /// The shared directory.
+    pub fn shared(&self) -> &Path {
+        &self.shared
+    }
+
+    /// Why the VM is gone, if it is.
+    pub fn exited(&self) -> Option<String> {
+        let mut vm = self.vm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        vm.as_mut().map_or(Some("stopped".into()), SandboxVm::exited)
+    }
+
+    /// The last lines of the guest console (for error reports).
+    pub fn console_tail(&self) -> String {
+        crate::sandbox::tail(&self.state.join("console.log"), 10)
+    }
+
+    /// Stops the VM and removes all host state of the sandbox.
+    pub fn destroy(&self) {
+        let vm = self.vm.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(vm) = vm {
+            if vm.shutdown(std::time::Duration::from_secs(5)).is_err() {
+                log::warn!("the VM did not shut down cleanly; killed");
+            }
+        }
+        rootfs::remove_dir_mounts(&self.shared);
+        if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+    }
+}
+
+/// After a shim crash: unmount and remove the state a dead shim left.
+pub fn cleanup_after_crash(id: &str, bundle: &Path) {
+    if let Ok(state) = std::fs::read_to_string(bundle.join(STATE_LINK)) {
+        let state = PathBuf::from(state.trim());
+        rootfs::remove_dir_mounts(&state.join("shared"));
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    log::info!("cleaned up after shim of {id}");
+}

@@ -1,0 +1,631 @@
+//! The shim v2 Task service: containerd's requests, turned into agent RPCs
+//! on the sandbox VM, with the task events containerd expects.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_shim::api::{self, Status};
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, TtrpcResult};
+use kata_like_protocol::agent::{
+    ContainerRequest, CreateContainerRequest, ExecProcessRequest, ProcessRequest, ResizeTtyRequest,
+    SignalProcessRequest, UpdateContainerRequest,
+};
+use kata_like_protocol::{AgentClient, AgentClientError, INIT_EXEC_ID};
+use tokio::sync::watch;
+
+use super::io::{ProcessIo, SharedIo, StdioPaths};
+use super::sandbox::Sandbox;
+use super::{metrics, options, rootfs};
+use crate::config::RuntimeConfig;
+
+/// Exit status reported when the VM died under a process.
+pub const VM_GONE_STATUS: u32 = 255;
+/// How long output may keep flowing after a process exits.
+const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+
+/// The agent's own message of a failed RPC (not ttrpc's wrapping).
+pub fn agent_message(e: &AgentClientError) -> String {
+    match e {
+        AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(status), .. } => {
+            status.message.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn agent_err(e: AgentClientError) -> ttrpc::Error {
+    let code = match &e {
+        AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(s), .. } => {
+            // The same google.rpc codes on both ttrpc versions.
+            protobuf::Enum::from_i32(protobuf::Enum::value(&s.code.enum_value_or_default())).unwrap_or(Code::UNKNOWN)
+        }
+        _ => Code::UNAVAILABLE,
+    };
+    err(code, agent_message(&e))
+}
+
+type Exit = Option<(u32, Timestamp)>;
+
+#[derive(Clone, Debug)]
+struct Proc {
+    pid: u32,
+    status: Status,
+    stdio: StdioPaths,
+    exit: watch::Receiver<Exit>,
+    exit_tx: Arc<watch::Sender<Exit>>,
+    io: SharedIo,
+    /// The OCI process JSON of an exec.
+    spec: Vec<u8>,
+}
+
+impl Proc {
+    fn new(stdio: StdioPaths, spec: Vec<u8>) -> Proc {
+        let (tx, rx) = watch::channel(None);
+        Proc { pid: 0, status: Status::CREATED, stdio, exit: rx, exit_tx: Arc::new(tx), io: Arc::default(), spec }
+    }
+
+    fn exited(&self) -> Exit {
+        self.exit.borrow().clone()
+    }
+}
+
+#[derive(Debug)]
+struct Container {
+    bundle: PathBuf,
+    mounted_bundle: bool,
+    init: Proc,
+    execs: HashMap<String, Proc>,
+}
+
+struct Inner {
+    namespace: String,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+    sandbox: tokio::sync::Mutex<Option<Arc<Sandbox>>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+/// The Task service of one shim.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+fn now() -> Timestamp {
+    containerd_shim::util::timestamp().unwrap_or_default()
+}
+
+fn ts_from_ns(ns: u64) -> Timestamp {
+    let mut t = Timestamp::new();
+    t.seconds = (ns / 1_000_000_000) as i64;
+    t.nanos = (ns % 1_000_000_000) as i32;
+    t
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> TtrpcResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| err(Code::INTERNAL, format!("worker failed: {e}")))
+}
+
+/// The guest's copy of the spec: what the guest cannot honour is dropped
+/// with a log line rather than failing the container.
+fn guest_spec(raw: &[u8]) -> Result<(Vec<u8>, String), String> {
+    let mut spec: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("config.json: {e}"))?;
+    let root = spec.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs").to_string();
+    if let Some(linux) = spec.get_mut("linux").and_then(|l| l.as_object_mut()) {
+        if linux.remove("seccomp").is_some() {
+            log::warn!("seccomp profiles are not applied inside the guest yet; the VM is the boundary");
+        }
+    }
+    Ok((serde_json::to_vec(&spec).map_err(|e| e.to_string())?, root))
+}
+
+impl Service {
+    /// A service publishing to containerd through `publisher`.
+    pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Service {
+        Service {
+            inner: Arc::new(Inner {
+                namespace,
+                publisher,
+                exit,
+                sandbox: tokio::sync::Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Container>> {
+        self.inner.containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn protobuf::MessageDyn>) {
+        if let Err(e) = self.inner.publisher.publish(Context::default(), topic, &self.inner.namespace, event).await {
+            log::warn!("publish {topic}: {e}");
+        }
+    }
+
+    async fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
+        self.inner.sandbox.lock().await.clone().ok_or_else(|| err(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))
+    }
+
+    fn proc(&self, id: &str, exec_id: &str) -> TtrpcResult<Proc> {
+        let containers = self.containers();
+        let c = containers.get(id).ok_or_else(|| err(Code::NOT_FOUND, format!("container {id} not found")))?;
+        if exec_id.is_empty() {
+            return Ok(c.init.clone());
+        }
+        c.execs.get(exec_id).cloned().ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} of {id} not found")))
+    }
+
+    fn update_proc(&self, id: &str, exec_id: &str, f: impl FnOnce(&mut Proc)) {
+        let mut containers = self.containers();
+        if let Some(c) = containers.get_mut(id) {
+            let p = if exec_id.is_empty() { Some(&mut c.init) } else { c.execs.get_mut(exec_id) };
+            if let Some(p) = p {
+                f(p);
+            }
+        }
+    }
+
+    /// Boots the VM if this is the sandbox's first container, and shares
+    /// the rootfs; returns the sandbox and the rootfs path for the agent.
+    async fn attach_rootfs(
+        &self,
+        id: &str,
+        bundle: &std::path::Path,
+        root: &std::path::Path,
+        config: &RuntimeConfig,
+    ) -> TtrpcResult<(Arc<Sandbox>, String)> {
+        let mut guard = self.inner.sandbox.lock().await;
+        if let Some(sandbox) = guard.clone() {
+            let rel = rootfs::share_rootfs(sandbox.shared(), id, root).map_err(|e| err(Code::INTERNAL, e))?;
+            return Ok((sandbox, rel));
+        }
+        let (state, shared) = Sandbox::prepare(config, id, bundle).map_err(|e| err(Code::INTERNAL, e))?;
+        let rel = match rootfs::share_rootfs(&shared, id, root) {
+            Ok(rel) => rel,
+            Err(e) => {
+                rootfs::remove_dir_mounts(&shared);
+                let _ = std::fs::remove_dir_all(&state);
+                return Err(err(Code::INTERNAL, e));
+            }
+        };
+        let config = config.clone();
+        let (state2, shared2) = (state.clone(), shared.clone());
+        let booted = blocking(move || Sandbox::boot(&config, state2, shared2)).await?;
+        match booted {
+            Ok(sandbox) => {
+                let sandbox = Arc::new(sandbox);
+                *guard = Some(sandbox.clone());
+                Ok((sandbox, rel))
+            }
+            Err(e) => {
+                rootfs::remove_dir_mounts(&shared);
+                if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
+                    let _ = std::fs::remove_dir_all(&state);
+                }
+                Err(err(Code::UNAVAILABLE, format!("cannot start the sandbox VM: {e}")))
+            }
+        }
+    }
+
+    async fn create_inner(&self, req: &api::CreateTaskRequest) -> TtrpcResult<(u32, bool)> {
+        let config_path = options::config_path(req.options.as_ref()).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let config = RuntimeConfig::load(config_path.as_deref().map(std::path::Path::new))
+            .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
+        let bundle = PathBuf::from(&req.bundle);
+        let raw = std::fs::read(bundle.join("config.json"))
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("{}/config.json: {e}", bundle.display())))?;
+        let (spec, root_path) = guest_spec(&raw).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let root = rootfs::mount_bundle_rootfs(&bundle, &req.rootfs, &root_path).map_err(|e| err(Code::INTERNAL, e))?;
+        let mounted_bundle = !req.rootfs.is_empty();
+        let undo_bundle = |shared: Option<&std::path::Path>| {
+            if let Some(shared) = shared {
+                rootfs::unshare_rootfs(shared, &req.id, &bundle, mounted_bundle);
+            } else if mounted_bundle {
+                let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            }
+        };
+        let (sandbox, rel) = match self.attach_rootfs(&req.id, &bundle, &root, &config).await {
+            Ok(v) => v,
+            Err(e) => {
+                undo_bundle(None);
+                return Err(e);
+            }
+        };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut proc = Proc::new(stdio.clone(), Vec::new());
+        let (id, sb) = (req.id.clone(), sandbox.clone());
+        let result = blocking(move || -> Result<(u32, ProcessIo), String> {
+            let io = ProcessIo::connect(sb.uds(), &id, INIT_EXEC_ID, &stdio)?;
+            let mut creq = CreateContainerRequest::new();
+            creq.container_id = id.clone();
+            creq.spec_json = spec;
+            creq.rootfs = rel;
+            creq.stdio = protobuf::MessageField::some(stdio.agent_stdio());
+            let resp = sb
+                .client()
+                .call("CreateContainer", false, |c, ctx| c.create_container(ctx, &creq))
+                .map_err(|e| agent_message(&e))?;
+            Ok((resp.pid, io))
+        })
+        .await?;
+        let (pid, io) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                undo_bundle(Some(sandbox.shared()));
+                if self.containers().is_empty() {
+                    self.destroy_sandbox().await;
+                }
+                return Err(err(Code::FAILED_PRECONDITION, e));
+            }
+        };
+        proc.pid = pid;
+        *proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
+        self.containers()
+            .insert(req.id.clone(), Container { bundle, mounted_bundle, init: proc, execs: HashMap::new() });
+        Ok((pid, mounted_bundle))
+    }
+
+    async fn destroy_sandbox(&self) {
+        let sandbox = self.inner.sandbox.lock().await.take();
+        if let Some(sandbox) = sandbox {
+            let _ = blocking(move || sandbox.destroy()).await;
+        }
+    }
+
+    /// Waits for a started process in the background and reports its exit.
+    fn watch_exit(&self, sandbox: Arc<Sandbox>, id: String, exec_id: String, proc: Proc) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let (cid, eid) = (id.clone(), exec_id.clone());
+            let sb = sandbox.clone();
+            let waited = blocking(move || {
+                let client = sb.long_poll_client()?;
+                let mut req = ProcessRequest::new();
+                req.container_id = cid;
+                req.exec_id = eid;
+                client.call("WaitProcess", true, |c, ctx| c.wait_process(ctx, &req)).map_err(|e| agent_message(&e))
+            })
+            .await;
+            let (status, at, oom) = match waited {
+                Ok(Ok(resp)) => (resp.exit_status, ts_from_ns(resp.exited_at_ns), resp.oom_killed),
+                Ok(Err(e)) | Err(ttrpc::Error::Others(e)) => {
+                    let why = sandbox.exited().unwrap_or(e);
+                    log::error!("lost {id}/{exec_id}: {why}; guest console:\n{}", sandbox.console_tail());
+                    (VM_GONE_STATUS, now(), false)
+                }
+                Err(e) => {
+                    log::error!("waiting for {id}/{exec_id}: {e}");
+                    (VM_GONE_STATUS, now(), false)
+                }
+            };
+            let io = proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            if let Some(mut io) = io {
+                io.wait_output(OUTPUT_GRACE).await;
+                io.close_stdin();
+            }
+            if oom && exec_id.is_empty() {
+                let mut ev = TaskOOM::new();
+                ev.container_id = id.clone();
+                service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
+            }
+            service.update_proc(&id, &exec_id, |p| p.status = Status::STOPPED);
+            let _ = proc.exit_tx.send(Some((status, at.clone())));
+            let mut ev = TaskExit::new();
+            ev.container_id = id.clone();
+            ev.id = if exec_id.is_empty() { id.clone() } else { exec_id.clone() };
+            ev.pid = proc.pid;
+            ev.exit_status = status;
+            ev.exited_at = protobuf::MessageField::some(at);
+            service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+        });
+    }
+
+    async fn agent_call<R: Send + 'static>(
+        &self,
+        method: &'static str,
+        f: impl FnOnce(&AgentClient) -> Result<R, AgentClientError> + Send + 'static,
+    ) -> TtrpcResult<R> {
+        let sandbox = self.sandbox().await?;
+        let _ = method;
+        blocking(move || f(sandbox.client())).await?.map_err(agent_err)
+    }
+}
+
+fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.to_string();
+    r
+}
+
+#[async_trait]
+impl Task for Service {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        if self.containers().contains_key(&req.id) {
+            return Err(err(Code::ALREADY_EXISTS, format!("container {} already exists", req.id)));
+        }
+        let (pid, _) = self.create_inner(&req).await?;
+        let mut ev = TaskCreate::new();
+        ev.container_id = req.id.clone();
+        ev.bundle = req.bundle.clone();
+        ev.rootfs = req.rootfs.clone();
+        ev.io = protobuf::MessageField::some(TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        });
+        ev.pid = pid;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let sandbox = self.sandbox().await?;
+        let proc = self.proc(&req.id, &req.exec_id)?;
+        if proc.status != Status::CREATED {
+            return Err(err(Code::FAILED_PRECONDITION, format!("{} {} was already started", req.id, req.exec_id)));
+        }
+        let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
+        let pid = blocking(move || -> Result<u32, String> {
+            if exec_id.is_empty() {
+                return sb
+                    .client()
+                    .call("StartContainer", false, |c, ctx| c.start_container(ctx, &container_req(&id)))
+                    .map(|r| r.pid)
+                    .map_err(|e| agent_message(&e));
+            }
+            let io = ProcessIo::connect(sb.uds(), &id, &exec_id, &p.stdio)?;
+            *p.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
+            let mut ereq = ExecProcessRequest::new();
+            ereq.container_id = id;
+            ereq.exec_id = exec_id;
+            ereq.process_json = p.spec.clone();
+            ereq.stdio = protobuf::MessageField::some(p.stdio.agent_stdio());
+            sb.client().call("ExecProcess", false, |c, ctx| c.exec_process(ctx, &ereq)).map(|r| r.pid).map_err(|e| agent_message(&e))
+        })
+        .await?
+        .map_err(|e| err(Code::FAILED_PRECONDITION, e))?;
+        self.update_proc(&req.id, &req.exec_id, |p| {
+            p.pid = pid;
+            p.status = Status::RUNNING;
+        });
+        let mut proc = proc;
+        proc.pid = pid;
+        self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
+        if req.exec_id.is_empty() {
+            let mut ev = TaskStart::new();
+            ev.container_id = req.id.clone();
+            ev.pid = pid;
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = req.id.clone();
+            ev.exec_id = req.exec_id.clone();
+            ev.pid = pid;
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev)).await;
+        }
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        let proc = self.proc(&req.id, &req.exec_id)?;
+        if proc.status == Status::RUNNING || proc.status == Status::PAUSED {
+            return Err(err(Code::FAILED_PRECONDITION, format!("cannot delete running task {} {}", req.id, req.exec_id)));
+        }
+        let (status, at) = proc.exited().unwrap_or((0, now()));
+        if !req.exec_id.is_empty() {
+            if let Some(c) = self.containers().get_mut(&req.id) {
+                c.execs.remove(&req.exec_id);
+            }
+        } else {
+            let removed = self.agent_call("RemoveContainer", {
+                let id = req.id.clone();
+                move |c| c.call("RemoveContainer", false, |a, ctx| a.remove_container(ctx, &container_req(&id)))
+            });
+            if let Err(e) = removed.await {
+                log::warn!("remove {} in the guest: {e:?}", req.id);
+            }
+            let container = self.containers().remove(&req.id);
+            if let Some(c) = container {
+                if let Some(mut io) = c.init.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+                    io.close_stdin();
+                }
+                let shared = self.inner.sandbox.lock().await.as_ref().map(|s| s.shared().to_path_buf());
+                if let Some(shared) = shared {
+                    rootfs::unshare_rootfs(&shared, &req.id, &c.bundle, c.mounted_bundle);
+                }
+            }
+            if self.containers().is_empty() {
+                self.destroy_sandbox().await;
+            }
+            let mut ev = TaskDelete::new();
+            ev.container_id = req.id.clone();
+            ev.pid = proc.pid;
+            ev.exit_status = status;
+            ev.exited_at = protobuf::MessageField::some(at.clone());
+            ev.id = req.id.clone();
+            self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+        }
+        Ok(api::DeleteResponse { pid: proc.pid, exit_status: status, exited_at: protobuf::MessageField::some(at), ..Default::default() })
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        {
+            let mut containers = self.containers();
+            let c = containers.get_mut(&req.id).ok_or_else(|| err(Code::NOT_FOUND, format!("container {} not found", req.id)))?;
+            if c.execs.contains_key(&req.exec_id) {
+                return Err(err(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
+            }
+            c.execs.insert(req.exec_id.clone(), Proc::new(stdio, spec));
+        }
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let proc = self.proc(&req.id, &req.exec_id)?;
+        let bundle = self.containers().get(&req.id).map(|c| c.bundle.display().to_string()).unwrap_or_default();
+        let mut resp = api::StateResponse {
+            id: if req.exec_id.is_empty() { req.id.clone() } else { req.exec_id.clone() },
+            bundle,
+            pid: proc.pid,
+            stdin: proc.stdio.stdin.clone(),
+            stdout: proc.stdio.stdout.clone(),
+            stderr: proc.stdio.stderr.clone(),
+            terminal: proc.stdio.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        resp.status = proc.status.into();
+        if let Some((status, at)) = proc.exited() {
+            resp.status = Status::STOPPED.into();
+            resp.exit_status = status;
+            resp.exited_at = protobuf::MessageField::some(at);
+        }
+        Ok(resp)
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let id = req.id.clone();
+        let pids = self.agent_call("ListPids", move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id)))).await?;
+        let processes = pids
+            .pids
+            .iter()
+            .map(|pid| containerd_shim::protos::types::task::ProcessInfo { pid: *pid, ..Default::default() })
+            .collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        self.agent_call("PauseContainer", move |c| c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id)))).await?;
+        self.update_proc(&req.id, "", |p| p.status = Status::PAUSED);
+        let mut ev = TaskPaused::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let id = req.id.clone();
+        self.agent_call("ResumeContainer", move |c| c.call("ResumeContainer", false, |a, ctx| a.resume_container(ctx, &container_req(&id)))).await?;
+        self.update_proc(&req.id, "", |p| p.status = Status::RUNNING);
+        let mut ev = TaskResumed::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev)).await;
+        Ok(api::Empty::new())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let proc = self.proc(&req.id, &req.exec_id)?;
+        if proc.exited().is_some() && !req.all {
+            return Err(err(Code::NOT_FOUND, format!("process {} already finished", proc.pid)));
+        }
+        let mut sreq = SignalProcessRequest::new();
+        sreq.container_id = req.id.clone();
+        sreq.exec_id = req.exec_id.clone();
+        sreq.signal = req.signal;
+        sreq.all = req.all;
+        self.agent_call("SignalProcess", move |c| c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let mut rreq = ResizeTtyRequest::new();
+        rreq.container_id = req.id.clone();
+        rreq.exec_id = req.exec_id.clone();
+        rreq.width = req.width;
+        rreq.height = req.height;
+        self.agent_call("ResizeTty", move |c| c.call("ResizeTty", false, |a, ctx| a.resize_tty(ctx, &rreq))).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let proc = self.proc(&req.id, &req.exec_id)?;
+        if req.stdin {
+            if let Some(io) = proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_mut() {
+                io.close_stdin();
+            }
+        }
+        Ok(api::Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let mut ureq = UpdateContainerRequest::new();
+        ureq.container_id = req.id.clone();
+        ureq.resources_json = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        self.agent_call("UpdateContainer", move |c| c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))).await?;
+        Ok(api::Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let mut rx = self.proc(&req.id, &req.exec_id)?.exit;
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| err(Code::INTERNAL, "exit channel closed"))?
+            .clone();
+        let (status, at) = exit.unwrap_or((VM_GONE_STATUS, now()));
+        Ok(api::WaitResponse { exit_status: status, exited_at: protobuf::MessageField::some(at), ..Default::default() })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let id = req.id.clone();
+        let stats = self.agent_call("StatsContainer", move |c| c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id)))).await?;
+        let any = metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, e))?;
+        Ok(api::StatsResponse { stats: protobuf::MessageField::some(any), ..Default::default() })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.containers().get(&req.id).map(|c| c.init.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if !self.containers().is_empty() {
+            return Ok(api::Empty::new());
+        }
+        self.destroy_sandbox().await;
+        self.inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
+        Err(err(Code::UNIMPLEMENTED, "checkpoint is not implemented by kata-like yet (VM snapshots are a separate issue)"))
+    }
+}

@@ -1,0 +1,221 @@
+//! A private containerd for the shim tests: Debian's containerd started
+//! with its own root, state, socket and config (registering
+//! `io.containerd.kata-like.v2`), the busybox test image imported, and
+//! helpers to run `ctr` against it. Dropping it stops containerd and
+//! removes its directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The runtime name containerd maps to our shim binary.
+pub const RUNTIME: &str = "io.containerd.kata-like.v2";
+/// The test image's name.
+pub const IMAGE: &str = "docker.io/library/kata-like-busybox:latest";
+
+/// A running private containerd.
+#[derive(Debug)]
+pub struct Containerd {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    /// The runtime state root the shims use (per-test, to check leaks).
+    pub kata_state: PathBuf,
+}
+
+fn image_tar() -> PathBuf {
+    kata_like_runtime::artifacts::cache_dir().join("images/busybox.tar")
+}
+
+/// Why containerd tests cannot run, if they cannot.
+pub fn unavailable() -> Option<String> {
+    if Command::new("containerd").arg("--version").output().is_err() {
+        return Some("containerd is not installed (scripts/install-deps.sh installs it)".into());
+    }
+    if !image_tar().exists() {
+        return Some(format!("{} is missing (scripts/build.sh builds it)", image_tar().display()));
+    }
+    if !kata_like_runtime::artifacts::default_virtiofsd().exists() {
+        return Some("virtiofsd is not installed (scripts/install-deps.sh)".into());
+    }
+    None
+}
+
+impl Containerd {
+    /// Starts containerd and imports the test image. The shims it starts
+    /// find our binaries through PATH (target/release first) and use a
+    /// runtime config whose state root is private to this instance.
+    pub fn start() -> Result<Containerd, String> {
+        let dir = tempfile::Builder::new().prefix("kl-containerd-").tempdir().map_err(|e| e.to_string())?;
+        let d = dir.path();
+        let socket = d.join("containerd.sock");
+        let kata_state = d.join("kata-state");
+        let kata_config = d.join("kata-like.toml");
+        std::fs::write(
+            &kata_config,
+            format!("state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 300\n", kata_state.display()),
+        )
+        .map_err(|e| e.to_string())?;
+        let config = d.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n",
+                root = d.join("root").display(),
+                state = d.join("state").display(),
+                sock = socket.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let release = crate::workspace_root().join("target/release");
+        let path = format!("{}:{}", release.display(), std::env::var("PATH").unwrap_or_default());
+        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .env("PATH", path)
+            .env("KATA_LIKE_CONFIG", &kata_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start containerd: {e}"))?;
+        let mut c = Containerd { child, dir, socket, kata_state };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
+            if Instant::now() > deadline {
+                return Err(format!("containerd did not start: {}", c.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let tar = image_tar();
+        let import = c.ctr(&["image", "import", &tar.display().to_string()]).map_err(|e| e.to_string())?;
+        if !import.status.success() {
+            return Err(format!("image import: {}", String::from_utf8_lossy(&import.stderr)));
+        }
+        Ok(c)
+    }
+
+    /// The containerd socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs `ctr -a SOCKET ARGS...` to completion.
+    pub fn ctr(&self, args: &[&str]) -> std::io::Result<Output> {
+        Command::new("ctr").arg("-a").arg(&self.socket).args(args).stdin(Stdio::null()).output()
+    }
+
+    /// A `ctr` command to customise (stdin, spawn).
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&self.socket).args(args);
+        c
+    }
+
+    /// `ctr run --rm --runtime kata-like IMAGE ID ARGS...`: stdout, stderr, code.
+    pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> (String, String, i32) {
+        let mut all = vec!["run", "--rm", "--runtime", RUNTIME];
+        all.extend_from_slice(extra);
+        all.push(IMAGE);
+        all.push(id);
+        all.extend_from_slice(args);
+        match self.ctr(&all) {
+            Ok(out) => (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                out.status.code().unwrap_or(-1),
+            ),
+            Err(e) => (String::new(), e.to_string(), -1),
+        }
+    }
+
+    /// The last lines of containerd's log (shim logs land there too).
+    pub fn log_tail(&self) -> String {
+        kata_like_runtime::sandbox::tail(&self.dir.path().join("containerd.log"), 30)
+    }
+
+    /// What a finished test must not leave behind: shim, VMM and virtiofsd
+    /// processes, mounts and state under our private directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let needle = self.dir.path().display().to_string();
+        let mut found = Vec::new();
+        for (pid, cmdline) in processes() {
+            let ours = cmdline.contains(&needle) || cmdline.contains(&self.kata_state.display().to_string());
+            if ours && ["kata-like-vmm", "virtiofsd", "containerd-shim-kata-like-v2"].iter().any(|p| cmdline.contains(p)) {
+                found.push(format!("process {pid}: {cmdline}"));
+            }
+        }
+        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
+            if let Some(target) = line.split(' ').nth(4) {
+                if target.starts_with(&self.kata_state.display().to_string()) {
+                    found.push(format!("mount {target}"));
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.kata_state) {
+            for e in entries.flatten() {
+                found.push(format!("state {}", e.path().display()));
+            }
+        }
+        found
+    }
+
+    /// Waits up to `timeout` for [`Containerd::leftovers`] to be empty.
+    pub fn wait_clean(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn processes() -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
+        })
+        .collect()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // containerd leaves snapshot mounts behind on abrupt stops.
+        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().rev() {
+            if let Some(t) = line.split(' ').nth(4) {
+                if t.starts_with(&self.dir.path().display().to_string()) {
+                    let _ = nix_umount(t);
+                }
+            }
+        }
+    }
+}
+
+fn nix_umount(target: &str) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(target).map_err(std::io::Error::other)?;
+    // SAFETY: umount2 with a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
