@@ -101,10 +101,7 @@ fn main() {
     ));
     let service = service::methods(Arc::new(service::Agent::new(reaper.clone(), containers, is_init)));
     // Long polls (WaitProcess, GetOomEvent) each hold a handler thread.
-    let server = ttrpc::Server::new()
-        .set_thread_count_max(256)
-        .bind(&address)
-        .map(|s| s.register_service(service));
+    let server = ttrpc::Server::new().set_thread_count_max(256).bind(&address).map(|s| s.register_service(service));
     let mut server = match server {
         Ok(server) => server,
         Err(e) => {

@@ -19,7 +19,8 @@ fn add_entropy(entropy: &[u8]) -> Result<(), String> {
     if entropy.len() > 4096 {
         return Err(format!("entropy: at most 4096 bytes, got {}", entropy.len()));
     }
-    let random = std::fs::OpenOptions::new().write(true).open("/dev/random").map_err(|e| format!("/dev/random: {e}"))?;
+    let random =
+        std::fs::OpenOptions::new().write(true).open("/dev/random").map_err(|e| format!("/dev/random: {e}"))?;
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let mut info = Vec::with_capacity(8 + entropy.len());
     info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
@@ -40,7 +41,10 @@ fn add_entropy(entropy: &[u8]) -> Result<(), String> {
 pub fn setup(req: &SetupSandboxRequest, shared_root: &Path) -> Result<(), String> {
     add_entropy(&req.entropy)?;
     if req.realtime_ns > 0 {
-        let ts = nix::sys::time::TimeSpec::new((req.realtime_ns / 1_000_000_000) as i64, (req.realtime_ns % 1_000_000_000) as i64);
+        let ts = nix::sys::time::TimeSpec::new(
+            (req.realtime_ns / 1_000_000_000) as i64,
+            (req.realtime_ns % 1_000_000_000) as i64,
+        );
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(|e| format!("set the clock: {e}"))?;
     }
     if !req.hostname.is_empty() {

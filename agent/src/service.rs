@@ -106,8 +106,9 @@ fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
         "SignalProcess" => Ok(checked::<SignalProcessRequest>(handler)),
         "ResizeTty" => Ok(checked::<ResizeTtyRequest>(handler)),
         "UpdateContainer" => Ok(checked::<UpdateContainerRequest>(handler)),
-        "StartContainer" | "PauseContainer" | "ResumeContainer" | "ListPids" | "StatsContainer"
-        | "RemoveContainer" => Ok(checked::<ContainerRequest>(handler)),
+        "StartContainer" | "PauseContainer" | "ResumeContainer" | "ListPids" | "StatsContainer" | "RemoveContainer" => {
+            Ok(checked::<ContainerRequest>(handler))
+        }
         "WaitProcess" | "CloseStdin" => Ok(checked::<ProcessRequest>(handler)),
         "GetOomEvent" => Ok(checked::<Empty>(handler)),
         _ => Err(handler),
@@ -198,7 +199,9 @@ impl AgentService for Agent {
     }
 
     fn start_container(&self, _ctx: &TtrpcContext, req: ContainerRequest) -> ttrpc::Result<ProcessResponse> {
-        guarded("StartContainer", || self.containers.start(&req.container_id).map(pid_response).map_err(container_status))
+        guarded("StartContainer", || {
+            self.containers.start(&req.container_id).map(pid_response).map_err(container_status)
+        })
     }
 
     fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<ProcessResponse> {
@@ -244,7 +247,10 @@ impl AgentService for Agent {
         // Stdin EOF travels on the stdin stream itself (the host half-closes
         // it); this only checks that the process exists.
         guarded("CloseStdin", || {
-            self.containers.wait_target_exists(&req.container_id, &req.exec_id).map(|()| Empty::new()).map_err(container_status)
+            self.containers
+                .wait_target_exists(&req.container_id, &req.exec_id)
+                .map(|()| Empty::new())
+                .map_err(container_status)
         })
     }
 

@@ -113,7 +113,10 @@ impl RuntimeConfig {
             return Err(format!("memory_mib must be at least 64, got {}", self.memory_mib));
         }
         if !matches!(self.virtiofsd_cache.as_str(), "auto" | "always" | "never" | "metadata") {
-            return Err(format!("virtiofsd_cache must be auto, always, never or metadata, got {:?}", self.virtiofsd_cache));
+            return Err(format!(
+                "virtiofsd_cache must be auto, always, never or metadata, got {:?}",
+                self.virtiofsd_cache
+            ));
         }
         if self.boot_timeout_secs == 0 || self.rpc_timeout_secs == 0 {
             return Err("boot_timeout_secs and rpc_timeout_secs must be positive".into());

@@ -9,6 +9,6 @@
 
 pub mod artifacts;
 pub mod config;
-pub mod shim;
 pub mod sandbox;
+pub mod shim;
 pub mod virtiofsd;

@@ -62,6 +62,7 @@ impl Containerd {
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n",
                 root = d.join("root").display(),
                 state = d.join("state").display(),
@@ -144,7 +145,9 @@ impl Containerd {
         let mut found = Vec::new();
         for (pid, cmdline) in processes() {
             let ours = cmdline.contains(&needle) || cmdline.contains(&self.kata_state.display().to_string());
-            if ours && ["kata-like-vmm", "virtiofsd", "containerd-shim-kata-like-v2"].iter().any(|p| cmdline.contains(p)) {
+            if ours
+                && ["kata-like-vmm", "virtiofsd", "containerd-shim-kata-like-v2"].iter().any(|p| cmdline.contains(p))
+            {
                 found.push(format!("process {pid}: {cmdline}"));
             }
         }

@@ -27,8 +27,21 @@ fn ctr_run_output_exit_code_env_cwd_user_and_stdin() {
     let Some(c) = setup("ctr_run_output_exit_code_env_cwd_user_and_stdin") else { return };
     let mut child = c
         .ctr_command(&[
-            "run", "--rm", "-i", "--runtime", RUNTIME, "--env", "FOO=bar", "--cwd", "/tmp", "--user", "1000:1000",
-            IMAGE, "basics", "sh", "-c", "echo hello; cat; echo after-eof; pwd; id -u; id -g; echo foo=$FOO; exit 7",
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--env",
+            "FOO=bar",
+            "--cwd",
+            "/tmp",
+            "--user",
+            "1000:1000",
+            IMAGE,
+            "basics",
+            "sh",
+            "-c",
+            "echo hello; cat; echo after-eof; pwd; id -u; id -g; echo foo=$FOO; exit 7",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -38,7 +51,13 @@ fn ctr_run_output_exit_code_env_cwd_user_and_stdin() {
     child.stdin.take().expect("stdin").write_all(b"piped-in\n").expect("write stdin");
     let out = child.wait_with_output().expect("ctr run");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(7), "exit code; stderr: {}\n{}", String::from_utf8_lossy(&out.stderr), c.log_tail());
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "exit code; stderr: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log_tail()
+    );
     assert_eq!(stdout, "hello\npiped-in\nafter-eof\n/tmp\n1000\n1000\nfoo=bar\n", "{}", c.log_tail());
     assert_clean(&c);
 }
@@ -63,7 +82,20 @@ fn ok(c: &Containerd, args: &[&str]) -> String {
 fn exec_pids_pause_resume_stats_and_signals() {
     let Some(c) = setup("exec_pids_pause_resume_stats_and_signals") else { return };
     let id = "life";
-    ok(&c, &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", "trap 'exit 42' TERM; while true; do sleep 1; done"]);
+    ok(
+        &c,
+        &[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 1; done",
+        ],
+    );
     assert_eq!(task_status(&c, id), "RUNNING");
 
     // Exec into the running container; its output comes back.
@@ -127,8 +159,11 @@ fn bad_input_gives_clear_errors_and_no_leaks() {
     let _ = c.ctr(&["container", "delete", "badcfg"]);
     // virtiofsd that cannot be started.
     let cfg = c.kata_state.with_file_name("no-virtiofsd.toml");
-    std::fs::write(&cfg, format!("state_root = \"{}\"\nvirtiofsd = \"/nonexistent/virtiofsd\"\n", c.kata_state.display()))
-        .expect("config");
+    std::fs::write(
+        &cfg,
+        format!("state_root = \"{}\"\nvirtiofsd = \"/nonexistent/virtiofsd\"\n", c.kata_state.display()),
+    )
+    .expect("config");
     let (_, stderr, code) = c.run("novfs", &["--runtime-config-path", &cfg.display().to_string()], &["true"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("virtiofsd") && stderr.contains("/nonexistent/virtiofsd"), "{stderr}");

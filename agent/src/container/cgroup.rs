@@ -83,7 +83,8 @@ impl Cgroup {
                 write(&self.path.join("memory.max"), &value)?;
                 // OCI's swap is memory + swap; cgroup v2 limits swap alone.
                 if let Some(swap) = memory.swap() {
-                    let swap_only = if swap < 0 || limit < 0 { "max".into() } else { (swap - limit).max(0).to_string() };
+                    let swap_only =
+                        if swap < 0 || limit < 0 { "max".into() } else { (swap - limit).max(0).to_string() };
                     write_optional(&self.path.join("memory.swap.max"), &swap_only)?;
                 }
             }

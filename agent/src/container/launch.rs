@@ -164,7 +164,11 @@ fn opt_ptr(c: &Option<CString>) -> *const libc::c_char {
 ///
 /// # Safety
 /// Must only be called in a freshly forked child process.
-unsafe fn run_step(step: &Step, argv_ptrs: &[*const libc::c_char], envp_ptrs: &[*const libc::c_char]) -> Result<(), i32> {
+unsafe fn run_step(
+    step: &Step,
+    argv_ptrs: &[*const libc::c_char],
+    envp_ptrs: &[*const libc::c_char],
+) -> Result<(), i32> {
     // SAFETY (whole function): every pointer passed below comes from a live
     // CString or slice owned by the plan, which outlives the child; the
     // calls are plain system calls on the child's own state.
@@ -221,11 +225,23 @@ unsafe fn run_step(step: &Step, argv_ptrs: &[*const libc::c_char], envp_ptrs: &[
                         std::ptr::null(),
                     ))
                 } else {
-                    check(libc::mount(c"/dev/null".as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))
+                    check(libc::mount(
+                        c"/dev/null".as_ptr(),
+                        p.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))
                 }
             }
             Step::Readonly(p) => {
-                let r = libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null());
+                let r = libc::mount(
+                    p.as_ptr(),
+                    p.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                );
                 if r < 0 {
                     return if errno() == libc::ENOENT { Ok(()) } else { Err(errno()) };
                 }
@@ -291,15 +307,29 @@ unsafe fn run_step(step: &Step, argv_ptrs: &[*const libc::c_char], envp_ptrs: &[
                 let lo = |m: u64| m as u32;
                 let hi = |m: u64| (m >> 32) as u32;
                 let data = [
-                    Data { effective: lo(sets.effective), permitted: lo(sets.permitted), inheritable: lo(sets.inheritable) },
-                    Data { effective: hi(sets.effective), permitted: hi(sets.permitted), inheritable: hi(sets.inheritable) },
+                    Data {
+                        effective: lo(sets.effective),
+                        permitted: lo(sets.permitted),
+                        inheritable: lo(sets.inheritable),
+                    },
+                    Data {
+                        effective: hi(sets.effective),
+                        permitted: hi(sets.permitted),
+                        inheritable: hi(sets.inheritable),
+                    },
                 ];
                 if libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) < 0 {
                     return Err(errno());
                 }
                 for cap in 0..=63u64 {
                     if sets.ambient & (1 << cap) != 0 {
-                        check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0))?;
+                        check(libc::prctl(
+                            libc::PR_CAP_AMBIENT,
+                            libc::PR_CAP_AMBIENT_RAISE,
+                            cap as libc::c_ulong,
+                            0,
+                            0,
+                        ))?;
                     }
                 }
                 Ok(())
@@ -469,11 +499,7 @@ mod tests {
     #[test]
     fn failures_name_the_step_and_success_closes_the_pipe() {
         let reaper = crate::reaper::shared_for_tests();
-        let exec = |path: &std::ffi::CStr| Step::Exec {
-            path: path.into(),
-            argv: vec![path.into()],
-            envp: vec![],
-        };
+        let exec = |path: &std::ffi::CStr| Step::Exec { path: path.into(), argv: vec![path.into()], envp: vec![] };
         let steps = Arc::new(vec![Step::Chdir(c"/nonexistent-dir".into()), exec(c"/bin/true")]);
         let ((pid, _rx), status) = reaper.register(|| fork(steps.clone(), PidNs::Host)).expect("fork");
         assert!(pid > 0);
@@ -487,7 +513,10 @@ mod tests {
         let steps = Arc::new(vec![exec(c"/bin/true")]);
         let ((_pid, rx), status) = reaper.register(|| fork(steps.clone(), PidNs::Host)).expect("fork");
         assert_eq!(read_status(&status), Status::Execed);
-        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("exit"), crate::reaper::ExitState::Exited(0));
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).expect("exit"),
+            crate::reaper::ExitState::Exited(0)
+        );
     }
 
     #[test]
@@ -496,7 +525,11 @@ mod tests {
         let (start_r, start_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         let steps = Arc::new(vec![
             Step::WaitStart(start_r.as_raw_fd()),
-            Step::Exec { path: c"/bin/sh".into(), argv: vec![c"sh".into(), c"-c".into(), c"exit 3".into()], envp: vec![] },
+            Step::Exec {
+                path: c"/bin/sh".into(),
+                argv: vec![c"sh".into(), c"-c".into(), c"exit 3".into()],
+                envp: vec![],
+            },
         ]);
         let ((_pid, rx), status) = reaper.register(|| fork(steps.clone(), PidNs::Host)).expect("fork");
         drop(start_r);
@@ -504,6 +537,9 @@ mod tests {
         assert!(rx.try_recv().is_err(), "still waiting");
         nix::unistd::write(&start_w, b"s").expect("start");
         assert_eq!(read_status(&status), Status::Execed);
-        assert_eq!(rx.recv_timeout(std::time::Duration::from_secs(10)).expect("exit"), crate::reaper::ExitState::Exited(3));
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).expect("exit"),
+            crate::reaper::ExitState::Exited(3)
+        );
     }
 }

@@ -136,7 +136,14 @@ impl Containers {
     /// A registry whose rootfs paths are relative to `shared_root` (where the
     /// shared file system is mounted) and cgroups live under `cgroup_root`.
     pub fn new(reaper: Arc<Reaper>, io: Arc<IoHub>, shared_root: PathBuf, cgroup_root: PathBuf) -> Self {
-        Containers { map: Mutex::new(HashMap::new()), io, reaper, shared_root, cgroup_root, oom: oom::OomWatcher::start() }
+        Containers {
+            map: Mutex::new(HashMap::new()),
+            io,
+            reaper,
+            shared_root,
+            cgroup_root,
+            oom: oom::OomWatcher::start(),
+        }
     }
 
     /// Where the shared file system is mounted.
@@ -160,7 +167,12 @@ impl Containers {
 
     /// The stdio fds of a new process, and with a terminal the pty master
     /// relays.
-    fn stdio(&self, id: &str, exec_id: &str, stdio: &Stdio) -> Result<(plan::StdioFds, Option<OwnedFd>), ContainerError> {
+    fn stdio(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stdio: &Stdio,
+    ) -> Result<(plan::StdioFds, Option<OwnedFd>), ContainerError> {
         let take = |kind| self.io.take(id, exec_id, kind, ATTACH_TIMEOUT).map_err(Failed);
         let null = || -> Result<OwnedFd, ContainerError> {
             std::fs::OpenOptions::new()
@@ -178,7 +190,10 @@ impl Containers {
             if stdio.stdout {
                 let out = take(StreamKind::Stdout)?;
                 stdio::relay(dup(&master)?, out, "tty-out", |s| {
-                    let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(s), nix::sys::socket::Shutdown::Write);
+                    let _ = nix::sys::socket::shutdown(
+                        std::os::fd::AsRawFd::as_raw_fd(s),
+                        nix::sys::socket::Shutdown::Write,
+                    );
                 });
             }
             if stdio.stdin {
@@ -204,11 +219,16 @@ impl Containers {
 
     fn rootfs(&self, rel: &str) -> Result<PathBuf, ContainerError> {
         if rel.is_empty() || rel.split('/').any(|c| c == "..") || rel.starts_with('/') {
-            return Err(Invalid(format!("rootfs {rel:?} must be a relative path without '..' in the shared directory")));
+            return Err(Invalid(format!(
+                "rootfs {rel:?} must be a relative path without '..' in the shared directory"
+            )));
         }
         let path = self.shared_root.join(rel);
         if !path.is_dir() {
-            return Err(Invalid(format!("rootfs {} is not a directory in the guest (is the shared file system mounted?)", path.display())));
+            return Err(Invalid(format!(
+                "rootfs {} is not a directory in the guest (is the shared file system mounted?)",
+                path.display()
+            )));
         }
         Ok(path)
     }
@@ -231,12 +251,20 @@ impl Containers {
         result
     }
 
-    fn create_in(&self, id: &str, spec: &Spec, rootfs: PathBuf, cgroup: Cgroup, stdio: &Stdio) -> Result<u32, ContainerError> {
+    fn create_in(
+        &self,
+        id: &str,
+        spec: &Spec,
+        rootfs: PathBuf,
+        cgroup: Cgroup,
+        stdio: &Stdio,
+    ) -> Result<u32, ContainerError> {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources).map_err(|e| Invalid(format!("linux.resources: {e}")))?;
         }
         let procs = open_procs(&cgroup)?;
-        let (start_r, start_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failed(format!("pipe: {e}")))?;
+        let (start_r, start_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failed(format!("pipe: {e}")))?;
         let (fds, tty) = self.stdio(id, kata_like_protocol::INIT_EXEC_ID, stdio)?;
         let plan = plan::init_plan(spec, &rootfs, &fds, procs, start_r).map_err(Invalid)?;
         let steps = Arc::new(plan.steps);
@@ -248,7 +276,10 @@ impl Containers {
             Status::Ready => {}
             Status::Failed { index, errno } => {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-                return Err(Failed(format!("cannot create container {id}: {}", launch::describe_failure(&steps, index, errno))));
+                return Err(Failed(format!(
+                    "cannot create container {id}: {}",
+                    launch::describe_failure(&steps, index, errno)
+                )));
             }
             Status::Execed => return Err(Failed(format!("container {id}: init exited during set-up"))),
         }
@@ -282,7 +313,10 @@ impl Containers {
             }
             Status::Failed { index, errno } => {
                 *lock(&c.state) = State::Stopped;
-                Err(Failed(format!("cannot start container {id}: {}", launch::describe_failure(&pending.steps, index, errno))))
+                Err(Failed(format!(
+                    "cannot start container {id}: {}",
+                    launch::describe_failure(&pending.steps, index, errno)
+                )))
             }
             Status::Ready => Err(Failed(format!("container {id}: unexpected status from init"))),
         }
@@ -314,7 +348,10 @@ impl Containers {
         match read_status(&status) {
             Status::Execed => {}
             Status::Failed { index, errno } => {
-                return Err(Failed(format!("cannot exec in container {id}: {}", launch::describe_failure(&steps, index, errno))))
+                return Err(Failed(format!(
+                    "cannot exec in container {id}: {}",
+                    launch::describe_failure(&steps, index, errno)
+                )))
             }
             Status::Ready => return Err(Failed("unexpected status from exec".into())),
         }

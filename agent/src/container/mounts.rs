@@ -19,7 +19,8 @@ pub struct MountOptions {
 
 /// Parses OCI mount options (mount(8) names).
 pub fn parse_options(options: &[String]) -> MountOptions {
-    let mut out = MountOptions { flags: MsFlags::empty(), propagation: MsFlags::empty(), data: String::new(), bind: false };
+    let mut out =
+        MountOptions { flags: MsFlags::empty(), propagation: MsFlags::empty(), data: String::new(), bind: false };
     let mut data = Vec::new();
     for opt in options {
         let (set, clear, propagation): (MsFlags, MsFlags, MsFlags) = match opt.as_str() {

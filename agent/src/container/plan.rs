@@ -175,9 +175,13 @@ fn dev_steps(spec: &Spec, dev: &Path, steps: &mut Vec<Step>) -> Result<(), Strin
             dev: libc::makedev(device.major() as u32, device.minor() as u32),
         });
     }
-    for (target, link) in
-        [("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"), ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx")]
-    {
+    for (target, link) in [
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+        ("pts/ptmx", "ptmx"),
+    ] {
         steps.push(Step::Symlink { target: cstr(target, target)?, link: cpath(&dev.join(link))? });
     }
     Ok(())
@@ -311,7 +315,13 @@ pub fn init_plan(
     steps.push(Step::Unshare(unshare));
 
     let propagation = root_propagation(linux.rootfs_propagation().as_deref())?;
-    steps.push(Step::Mount { source: None, target: cstr("/", "/")?, fstype: None, flags: propagation.bits(), data: None });
+    steps.push(Step::Mount {
+        source: None,
+        target: cstr("/", "/")?,
+        fstype: None,
+        flags: propagation.bits(),
+        data: None,
+    });
     let root = cpath(rootfs)?;
     steps.push(Step::Mount {
         source: Some(root.clone()),
@@ -481,7 +491,8 @@ mod tests {
         assert!(err.contains("\"nope\" not found"), "{err}");
         let err = plan(format!(r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":[],"cwd":"/"}}}}"#));
         assert!(err.contains("process.args"), "{err}");
-        let err = plan(format!(r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":["sh"],"cwd":"relative"}}}}"#));
+        let err =
+            plan(format!(r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":["sh"],"cwd":"relative"}}}}"#));
         assert!(err.contains("process.cwd"), "{err}");
         let err = plan(format!(
             r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":["sh"],"cwd":"/"}},"mounts":[{{"destination":"/x","type":"bind","source":"/nonexistent-src","options":["rbind"]}}]}}"#

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use kata_like_protocol::cgroups_v2::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat};
-use kata_like_protocol::agent::StatsResponse;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use kata_like_protocol::agent::StatsResponse;
+use kata_like_protocol::cgroups_v2::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat};
 use protobuf::Message;
 
 /// The type URL containerd expects.

@@ -162,7 +162,12 @@ impl Service {
     }
 
     async fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
-        self.inner.sandbox.lock().await.clone().ok_or_else(|| err(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))
+        self.inner
+            .sandbox
+            .lock()
+            .await
+            .clone()
+            .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))
     }
 
     fn proc(&self, id: &str, exec_id: &str) -> TtrpcResult<Proc> {
@@ -406,7 +411,10 @@ impl Task for Service {
             ereq.exec_id = exec_id;
             ereq.process_json = p.spec.clone();
             ereq.stdio = protobuf::MessageField::some(p.stdio.agent_stdio());
-            sb.client().call("ExecProcess", false, |c, ctx| c.exec_process(ctx, &ereq)).map(|r| r.pid).map_err(|e| agent_message(&e))
+            sb.client()
+                .call("ExecProcess", false, |c, ctx| c.exec_process(ctx, &ereq))
+                .map(|r| r.pid)
+                .map_err(|e| agent_message(&e))
         })
         .await?
         .map_err(|e| err(Code::FAILED_PRECONDITION, e))?;
@@ -435,7 +443,10 @@ impl Task for Service {
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         let proc = self.proc(&req.id, &req.exec_id)?;
         if proc.status == Status::RUNNING || proc.status == Status::PAUSED {
-            return Err(err(Code::FAILED_PRECONDITION, format!("cannot delete running task {} {}", req.id, req.exec_id)));
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                format!("cannot delete running task {} {}", req.id, req.exec_id),
+            ));
         }
         let (status, at) = proc.exited().unwrap_or((0, now()));
         if !req.exec_id.is_empty() {
@@ -471,15 +482,27 @@ impl Task for Service {
             ev.id = req.id.clone();
             self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
         }
-        Ok(api::DeleteResponse { pid: proc.pid, exit_status: status, exited_at: protobuf::MessageField::some(at), ..Default::default() })
+        Ok(api::DeleteResponse {
+            pid: proc.pid,
+            exit_status: status,
+            exited_at: protobuf::MessageField::some(at),
+            ..Default::default()
+        })
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        let stdio = StdioPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone(), terminal: req.terminal };
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
         let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
         {
             let mut containers = self.containers();
-            let c = containers.get_mut(&req.id).ok_or_else(|| err(Code::NOT_FOUND, format!("container {} not found", req.id)))?;
+            let c = containers
+                .get_mut(&req.id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("container {} not found", req.id)))?;
             if c.execs.contains_key(&req.exec_id) {
                 return Err(err(Code::ALREADY_EXISTS, format!("exec {} already exists", req.exec_id)));
             }
@@ -517,7 +540,9 @@ impl Task for Service {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let id = req.id.clone();
-        let pids = self.agent_call("ListPids", move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id)))).await?;
+        let pids = self
+            .agent_call("ListPids", move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id))))
+            .await?;
         let processes = pids
             .pids
             .iter()
@@ -528,7 +553,10 @@ impl Task for Service {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call("PauseContainer", move |c| c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id)))).await?;
+        self.agent_call("PauseContainer", move |c| {
+            c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id)))
+        })
+        .await?;
         self.update_proc(&req.id, "", |p| p.status = Status::PAUSED);
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
@@ -538,7 +566,10 @@ impl Task for Service {
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call("ResumeContainer", move |c| c.call("ResumeContainer", false, |a, ctx| a.resume_container(ctx, &container_req(&id)))).await?;
+        self.agent_call("ResumeContainer", move |c| {
+            c.call("ResumeContainer", false, |a, ctx| a.resume_container(ctx, &container_req(&id)))
+        })
+        .await?;
         self.update_proc(&req.id, "", |p| p.status = Status::RUNNING);
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
@@ -556,7 +587,10 @@ impl Task for Service {
         sreq.exec_id = req.exec_id.clone();
         sreq.signal = req.signal;
         sreq.all = req.all;
-        self.agent_call("SignalProcess", move |c| c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))).await?;
+        self.agent_call("SignalProcess", move |c| {
+            c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))
+        })
+        .await?;
         Ok(api::Empty::new())
     }
 
@@ -584,24 +618,27 @@ impl Task for Service {
         let mut ureq = UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources_json = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        self.agent_call("UpdateContainer", move |c| c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))).await?;
+        self.agent_call("UpdateContainer", move |c| {
+            c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))
+        })
+        .await?;
         Ok(api::Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let mut rx = self.proc(&req.id, &req.exec_id)?.exit;
-        let exit = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| err(Code::INTERNAL, "exit channel closed"))?
-            .clone();
+        let exit = rx.wait_for(Option::is_some).await.map_err(|_| err(Code::INTERNAL, "exit channel closed"))?.clone();
         let (status, at) = exit.unwrap_or((VM_GONE_STATUS, now()));
         Ok(api::WaitResponse { exit_status: status, exited_at: protobuf::MessageField::some(at), ..Default::default() })
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let id = req.id.clone();
-        let stats = self.agent_call("StatsContainer", move |c| c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id)))).await?;
+        let stats = self
+            .agent_call("StatsContainer", move |c| {
+                c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id)))
+            })
+            .await?;
         let any = metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, e))?;
         Ok(api::StatsResponse { stats: protobuf::MessageField::some(any), ..Default::default() })
     }
@@ -626,6 +663,9 @@ impl Task for Service {
     }
 
     async fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<api::Empty> {
-        Err(err(Code::UNIMPLEMENTED, "checkpoint is not implemented by kata-like yet (VM snapshots are a separate issue)"))
+        Err(err(
+            Code::UNIMPLEMENTED,
+            "checkpoint is not implemented by kata-like yet (VM snapshots are a separate issue)",
+        ))
     }
 }
