@@ -80,6 +80,14 @@ struct Pending {
     steps: Arc<Vec<launch::Step>>,
 }
 
+/// A freshly forked container process.
+struct Forked {
+    pid: i32,
+    exit: std::sync::mpsc::Receiver<crate::reaper::ExitState>,
+    status: OwnedFd,
+    steps: Arc<Vec<launch::Step>>,
+}
+
 /// One container.
 pub struct Container {
     id: String,
@@ -233,6 +241,18 @@ impl Containers {
         Ok(path)
     }
 
+    /// Forks the child of `plan` (registered with the reaper), then closes
+    /// the parent's copies of the descriptors the child inherited, so that
+    /// the status pipe and stdio streams see EOF when the child is done.
+    fn fork(&self, plan: plan::Plan, fds: plan::StdioFds) -> Result<Forked, ContainerError> {
+        let steps = Arc::new(plan.steps);
+        let ((pid, exit), status) =
+            self.reaper.register(|| launch::fork(steps.clone(), plan.pid_ns)).map_err(Failed)?;
+        drop(plan.keep);
+        drop(fds);
+        Ok(Forked { pid, exit, status, steps })
+    }
+
     /// CreateContainer: builds the container and forks its init, which
     /// waits for [`Containers::start`]. Returns the init's guest PID.
     pub fn create(&self, id: &str, spec_json: &[u8], rootfs: &str, stdio: &Stdio) -> Result<u32, ContainerError> {
@@ -267,11 +287,7 @@ impl Containers {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failed(format!("pipe: {e}")))?;
         let (fds, tty) = self.stdio(id, kata_like_protocol::INIT_EXEC_ID, stdio)?;
         let plan = plan::init_plan(spec, &rootfs, &fds, procs, start_r).map_err(Invalid)?;
-        let steps = Arc::new(plan.steps);
-        let ((pid, exit), status) =
-            self.reaper.register(|| launch::fork(steps.clone(), plan.pid_ns)).map_err(Failed)?;
-        drop(plan.keep);
-        drop(fds);
+        let Forked { pid, exit, status, steps } = self.fork(plan, fds)?;
         match read_status(&status) {
             Status::Ready => {}
             Status::Failed { index, errno } => {
@@ -340,11 +356,7 @@ impl Containers {
         let procs = open_procs(&c.cgroup)?;
         let (fds, tty) = self.stdio(id, exec_id, stdio)?;
         let plan = plan::exec_plan(&process, c.init.pid(), &c.rootfs, &fds, procs).map_err(Invalid)?;
-        let steps = Arc::new(plan.steps);
-        let ((pid, exit), status) =
-            self.reaper.register(|| launch::fork(steps.clone(), plan.pid_ns)).map_err(Failed)?;
-        drop(plan.keep);
-        drop(fds);
+        let Forked { pid, exit, status, steps } = self.fork(plan, fds)?;
         match read_status(&status) {
             Status::Execed => {}
             Status::Failed { index, errno } => {

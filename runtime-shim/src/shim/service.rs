@@ -349,13 +349,12 @@ impl Service {
         });
     }
 
+    /// Runs an agent call on the sandbox's client off the async runtime.
     async fn agent_call<R: Send + 'static>(
         &self,
-        method: &'static str,
         f: impl FnOnce(&AgentClient) -> Result<R, AgentClientError> + Send + 'static,
     ) -> TtrpcResult<R> {
         let sandbox = self.sandbox().await?;
-        let _ = method;
         blocking(move || f(sandbox.client())).await?.map_err(agent_err)
     }
 }
@@ -454,7 +453,7 @@ impl Task for Service {
                 c.execs.remove(&req.exec_id);
             }
         } else {
-            let removed = self.agent_call("RemoveContainer", {
+            let removed = self.agent_call({
                 let id = req.id.clone();
                 move |c| c.call("RemoveContainer", false, |a, ctx| a.remove_container(ctx, &container_req(&id)))
             });
@@ -540,9 +539,8 @@ impl Task for Service {
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let id = req.id.clone();
-        let pids = self
-            .agent_call("ListPids", move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id))))
-            .await?;
+        let pids =
+            self.agent_call(move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id)))).await?;
         let processes = pids
             .pids
             .iter()
@@ -553,10 +551,8 @@ impl Task for Service {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call("PauseContainer", move |c| {
-            c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id)))
-        })
-        .await?;
+        self.agent_call(move |c| c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id))))
+            .await?;
         self.update_proc(&req.id, "", |p| p.status = Status::PAUSED);
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
@@ -566,7 +562,7 @@ impl Task for Service {
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call("ResumeContainer", move |c| {
+        self.agent_call(move |c| {
             c.call("ResumeContainer", false, |a, ctx| a.resume_container(ctx, &container_req(&id)))
         })
         .await?;
@@ -587,10 +583,7 @@ impl Task for Service {
         sreq.exec_id = req.exec_id.clone();
         sreq.signal = req.signal;
         sreq.all = req.all;
-        self.agent_call("SignalProcess", move |c| {
-            c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))
-        })
-        .await?;
+        self.agent_call(move |c| c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))).await?;
         Ok(api::Empty::new())
     }
 
@@ -600,7 +593,7 @@ impl Task for Service {
         rreq.exec_id = req.exec_id.clone();
         rreq.width = req.width;
         rreq.height = req.height;
-        self.agent_call("ResizeTty", move |c| c.call("ResizeTty", false, |a, ctx| a.resize_tty(ctx, &rreq))).await?;
+        self.agent_call(move |c| c.call("ResizeTty", false, |a, ctx| a.resize_tty(ctx, &rreq))).await?;
         Ok(api::Empty::new())
     }
 
@@ -618,10 +611,7 @@ impl Task for Service {
         let mut ureq = UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources_json = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        self.agent_call("UpdateContainer", move |c| {
-            c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))
-        })
-        .await?;
+        self.agent_call(move |c| c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))).await?;
         Ok(api::Empty::new())
     }
 
@@ -635,9 +625,7 @@ impl Task for Service {
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let id = req.id.clone();
         let stats = self
-            .agent_call("StatsContainer", move |c| {
-                c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id)))
-            })
+            .agent_call(move |c| c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id))))
             .await?;
         let any = metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, e))?;
         Ok(api::StatsResponse { stats: protobuf::MessageField::some(any), ..Default::default() })
