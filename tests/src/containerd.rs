@@ -83,7 +83,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("start containerd: {e}"))?;
-        let mut c = Containerd { child, dir, socket, kata_state };
+        let c = Containerd { child, dir, socket, kata_state };
         let deadline = Instant::now() + Duration::from_secs(30);
         while c.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
             if Instant::now() > deadline {

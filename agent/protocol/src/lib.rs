@@ -36,6 +36,7 @@ pub mod agent {
     missing_docs,
     missing_debug_implementations,
     clippy::all,
+    clippy::unwrap_used,
     unused_attributes,
     unused_mut,
     non_camel_case_types,

@@ -169,7 +169,7 @@ unsafe fn run_step(
     argv_ptrs: &[*const libc::c_char],
     envp_ptrs: &[*const libc::c_char],
 ) -> Result<(), i32> {
-    // SAFETY (whole function): every pointer passed below comes from a live
+    // SAFETY: for the whole body: every pointer passed below comes from a live
     // CString or slice owned by the plan, which outlives the child; the
     // calls are plain system calls on the child's own state.
     unsafe {
@@ -366,7 +366,7 @@ unsafe fn run_step(
 /// # Safety
 /// Must only be called in a freshly forked child; never returns.
 unsafe fn child(steps: &[Step], status_fd: RawFd, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> ! {
-    // SAFETY (whole function): system calls on the child's own state with
+    // SAFETY: for the whole body: system calls on the child's own state with
     // pointers to live stack or plan data.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();

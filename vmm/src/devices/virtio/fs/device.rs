@@ -154,7 +154,7 @@ impl Fs {
 
         let regions = mem
             .iter()
-            .map(|region| VhostUserMemoryRegionInfo::from_guest_region(region))
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("guest RAM is not shareable (no memfd backing): {e}"))?;
         self.frontend.set_mem_table(&regions).map_err(vhost("SET_MEM_TABLE"))?;
