@@ -3,12 +3,16 @@
 # `ctr image import`) from Debian's static busybox: no registry is reachable
 # here, and a static binary keeps the image independent of the host libc.
 #   scripts/make-busybox-image.sh OUT.tar   -> prints OUT.tar
-# Reproducible (fixed mtimes, sorted entries); rebuilt only when busybox changes.
+# Two tags share the layer: `latest` (root, cwd /) and `user` (the image
+# config sets User user = 1000:1000 and WorkingDir /home/user), so tests
+# see an image's user and cwd reach the guest through the OCI spec.
+# Reproducible (fixed mtimes, sorted entries); rebuilt only when busybox or
+# this script changes.
 set -euo pipefail
 out=${1:?usage: make-busybox-image.sh OUT.tar}
 busybox=/bin/busybox
 stamp="$out.busybox-sha256"
-sum=$(sha256sum "$busybox" | cut -c1-64)
+sum=$(cat "$busybox" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-64)
 if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then echo "$out"; exit 0; fi
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
@@ -29,19 +33,29 @@ layer_size=$(stat -c %s "$layer")
 blobs=$work/oci/blobs/sha256
 mkdir -p "$blobs"
 cp "$layer" "$blobs/$layer_sum"
-config='{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:'$layer_sum'"]},"history":[{"created_by":"kata-like scripts/make-busybox-image.sh"}]}'
-printf '%s' "$config" > "$work/config.json"
-config_sum=$(sha256sum "$work/config.json" | cut -c1-64)
-config_size=$(stat -c %s "$work/config.json")
-cp "$work/config.json" "$blobs/$config_sum"
-manifest='{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:'$config_sum'","size":'$config_size'},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:'$layer_sum'","size":'$layer_size'}]}'
-printf '%s' "$manifest" > "$work/manifest.json"
-manifest_sum=$(sha256sum "$work/manifest.json" | cut -c1-64)
-manifest_size=$(stat -c %s "$work/manifest.json")
-cp "$work/manifest.json" "$blobs/$manifest_sum"
+# add_blob FILE -> prints "DIGEST SIZE" after copying FILE into the layout.
+add_blob() {
+    local d; d=$(sha256sum "$1" | cut -c1-64)
+    cp "$1" "$blobs/$d"
+    echo "$d $(stat -c %s "$1")"
+}
+# manifest_for TAG USER WORKDIR -> prints an index.json manifest entry.
+manifest_for() {
+    local user=""
+    [ -n "$2" ] && user='"User":"'$2'",'
+    printf '{"architecture":"amd64","os":"linux","config":{%s"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"%s"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"kata-like scripts/make-busybox-image.sh"}]}' \
+        "$user" "$3" "$layer_sum" > "$work/config-$1.json"
+    read -r config_sum config_size < <(add_blob "$work/config-$1.json")
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+        "$config_sum" "$config_size" "$layer_sum" "$layer_size" > "$work/manifest-$1.json"
+    read -r manifest_sum manifest_size < <(add_blob "$work/manifest-$1.json")
+    printf '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/library/kata-like-busybox:%s","org.opencontainers.image.ref.name":"%s"}}' \
+        "$manifest_sum" "$manifest_size" "$1" "$1"
+}
+latest=$(manifest_for latest "" /)
+user=$(manifest_for user user /home/user)
 printf '{"imageLayoutVersion":"1.0.0"}' > "$work/oci/oci-layout"
-printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/library/kata-like-busybox:latest","org.opencontainers.image.ref.name":"latest"}}]}' \
-    "$manifest_sum" "$manifest_size" > "$work/oci/index.json"
+printf '{"schemaVersion":2,"manifests":[%s,%s]}' "$latest" "$user" > "$work/oci/index.json"
 tar --sort=name --mtime=@0 --numeric-owner -C "$work/oci" -cf "$out.tmp" .
 mv "$out.tmp" "$out"
 echo "$sum" > "$stamp"

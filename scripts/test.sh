@@ -24,6 +24,14 @@ cargo test --workspace --release
 say "microVM integration tests (each boot takes tens of seconds on nested KVM)"
 cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
 
+say "standalone containers: kata-like run/state/kill/delete"
+cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
+
+# One test at a time: each boots microVMs through a private containerd, and
+# the concurrent-runs test already loads both cores.
+say "containerd shim v2 through a private containerd and ctr"
+cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
+
 if [ -s "$KATA_LIKE_TEST_REPORT" ]; then
     say "skipped tests:"
     cat "$KATA_LIKE_TEST_REPORT" >&2

@@ -3,12 +3,14 @@
 //! * [`sandbox`]: one sandbox VM — the `kata-like-vmm` process, its state
 //!   directory and the agent client.
 //! * [`artifacts`]: where the kernel, initrd and VMM are found by default.
-//!
-//! The containerd shim v2 (`containerd-shim-kata-like-v2`) builds on these
-//! in its own issue; today its binary is a skeleton.
+//! * [`child`]: starting the VMM and virtiofsd so they die with us.
+//! * [`shim`]: the containerd shim v2 (`containerd-shim-kata-like-v2`).
+//! * [`standalone`]: `kata-like run/state/kill/delete/spec` without containerd.
 
 pub mod artifacts;
+pub mod child;
 pub mod config;
 pub mod sandbox;
 pub mod shim;
+pub mod standalone;
 pub mod virtiofsd;

@@ -3,12 +3,11 @@
 //! client, and with a shared directory its virtiofsd child. Shared by the
 //! `kata-like` CLI, the tests and the containerd shim.
 //!
-//! The VMM is started with PR_SET_PDEATHSIG so it dies with the process that
-//! started it; dropping a [`SandboxVm`] kills a VMM that is still running and
+//! The VMM is started with PR_SET_PDEATHSIG (from [`crate::child`]'s
+//! launcher thread) so it dies with the process that started it; dropping a [`SandboxVm`] kills a VMM that is still running and
 //! removes the state directory, so nothing is left behind on any path.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -225,18 +224,8 @@ impl SandboxVm {
             command.arg("--fs").arg(fs);
         }
         command.args(&spec.vmm_args);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; it makes the kernel kill the VMM if its parent dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let started = Instant::now();
-        let mut child = match command.spawn() {
+        let mut child = match crate::child::spawn_tied(command) {
             Ok(child) => child,
             Err(e) => {
                 if let Some((mut fsd, _)) = virtiofsd.take() {

@@ -11,7 +11,6 @@
 //!   than on real hardware. Container rootfs are only written from the
 //!   guest, so close-to-open consistency is enough.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,16 +56,8 @@ pub fn start(fs: &SharedFs, socket: &Path, log: &Path) -> Result<Child, String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
-    // SAFETY: prctl is async-signal-safe; virtiofsd dies with its parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(|e| format!("cannot start {}: {e}", fs.virtiofsd.display()))?;
+    let mut child =
+        crate::child::spawn_tied(command).map_err(|e| format!("cannot start {}: {e}", fs.virtiofsd.display()))?;
     let deadline = Instant::now() + SOCKET_TIMEOUT;
     while !socket.exists() {
         if let Ok(Some(status)) = child.try_wait() {

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub const RUNTIME: &str = "io.containerd.kata-like.v2";
 /// The test image's name.
 pub const IMAGE: &str = "docker.io/library/kata-like-busybox:latest";
+/// The same with User `user` (1000:1000) and WorkingDir /home/user in its
+/// image config.
+pub const IMAGE_USER: &str = "docker.io/library/kata-like-busybox:user";
 
 /// A running private containerd.
 #[derive(Debug)]
@@ -53,7 +56,12 @@ impl Containerd {
         let kata_config = d.join("kata-like.toml");
         std::fs::write(
             &kata_config,
-            format!("state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 300\n", kata_state.display()),
+            // Generous timeouts: guest kernel work is emulated here, and the
+            // tests share two cores with each other.
+            format!(
+                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\n",
+                kata_state.display()
+            ),
         )
         .map_err(|e| e.to_string())?;
         let config = d.join("config.toml");
@@ -133,9 +141,14 @@ impl Containerd {
         }
     }
 
-    /// The last lines of containerd's log (shim logs land there too).
+    /// containerd's log (shim logs land there too).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("containerd.log")
+    }
+
+    /// The last lines of containerd's log.
     pub fn log_tail(&self) -> String {
-        kata_like_runtime::sandbox::tail(&self.dir.path().join("containerd.log"), 30)
+        kata_like_runtime::sandbox::tail(&self.log_path(), 30)
     }
 
     /// What a finished test must not leave behind: shim, VMM and virtiofsd
@@ -203,6 +216,19 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Shims outlive containerd by design; a failed test must not leave
+        // its shims (and so, through PDEATHSIG, VMMs and virtiofsd) running.
+        let socket = self.socket.display().to_string();
+        for (pid, cmdline) in processes() {
+            if cmdline.contains("containerd-shim") && cmdline.contains(&socket) {
+                // SAFETY: kill(2) on a shim this containerd started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && self.leftovers().iter().any(|l| l.starts_with("process")) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         // containerd leaves snapshot mounts behind on abrupt stops.
         for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().rev() {
             if let Some(t) = line.split(' ').nth(4) {

@@ -4,7 +4,10 @@ use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::agent::{HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest};
+use crate::agent::{
+    HealthRequest, HealthResponse, ResizeTtyRequest, RunProcessRequest, RunProcessResponse, ShutdownRequest,
+    SignalProcessRequest,
+};
 use crate::agent_ttrpc::AgentServiceClient;
 use crate::hybrid_vsock::{self, HandshakeError};
 use crate::AGENT_VSOCK_PORT;
@@ -128,6 +131,39 @@ impl AgentClient {
             ctx.timeout_nano = 0;
         }
         f(&self.inner, ctx).map_err(|source| AgentClientError::Rpc { method, source })
+    }
+
+    /// Sends `signal` to process `exec_id` ("" = init) of container
+    /// `container_id`, or with `all` to every process of the container.
+    pub fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), AgentClientError> {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.signal = signal;
+        req.all = all;
+        self.call("SignalProcess", false, |c, ctx| c.signal_process(ctx, &req)).map(|_| ())
+    }
+
+    /// Sets the window size of process `exec_id`'s terminal.
+    pub fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), AgentClientError> {
+        let mut req = ResizeTtyRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.width = width;
+        req.height = height;
+        self.call("ResizeTty", false, |c, ctx| c.resize_tty(ctx, &req)).map(|_| ())
     }
 
     /// Asks the agent to end the VM. The guest may reset before the answer

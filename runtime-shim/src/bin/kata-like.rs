@@ -3,7 +3,10 @@
 //! `kata-like vm exec -- CMD ARGS...` boots a microVM, runs CMD in the guest
 //! through the agent, prints its output and exits with its exit status
 //! (128+N when it died of signal N), then powers the VM off.
-//! (`kata-like run --bundle DIR ID`, runc-style, comes with the shim issue.)
+//!
+//! runc-style containers without containerd (see
+//! `kata_like_runtime::standalone`): `kata-like run --bundle DIR ID`,
+//! `state ID`, `kill ID [SIGNAL]`, `delete [--force] ID`, `spec`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,12 +15,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kata_like_runtime::artifacts;
 use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
+use kata_like_runtime::{artifacts, standalone};
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-like", version, about = "kata-like: microVM-isolated sandboxes")]
 struct Cli {
+    /// State root of standalone containers.
+    #[arg(long, global = true, default_value = standalone::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Runtime configuration file [default: $KATA_LIKE_CONFIG, else /etc/kata-like/configuration.toml].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Top,
 }
@@ -27,6 +36,47 @@ enum Top {
     /// Stand-alone microVMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Run an OCI bundle's container in its own microVM; exits with its status.
+    Run {
+        /// The bundle directory (config.json and the rootfs).
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        /// Return once the container runs, leaving it in the background.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Container ID.
+        id: String,
+    },
+    /// Print a container's OCI state as JSON.
+    State {
+        /// Container ID.
+        id: String,
+    },
+    /// Send a signal to a container's init (or all its processes).
+    Kill {
+        /// Send it to every process of the container.
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Container ID.
+        id: String,
+        /// Signal name or number.
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// Remove a stopped container's state (--force: kill it first).
+    Delete {
+        /// Kill a running container first.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Container ID.
+        id: String,
+    },
+    /// Write a default config.json into a bundle directory.
+    Spec {
+        /// The bundle directory.
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,10 +158,38 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
 }
 
+fn exit_code(status: u32) -> ExitCode {
+    ExitCode::from(u8::try_from(status.min(255)).unwrap_or(1))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings and errors on stderr (RUST_LOG overrides); `log` records of
+    // the shared sandbox code are bridged in.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    let opts = standalone::Options { root: cli.root, config: cli.config };
     let result = match cli.command {
         Top::Vm(VmCommand::Exec(args)) => exec(args),
+        Top::Run { bundle, detach, id } => {
+            standalone::run(&opts, &bundle, &id, detach).map(exit_code).map_err(Into::into)
+        }
+        Top::State { id } => standalone::state(&opts, &id)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok(serde_json::to_string_pretty(&s)?))
+            .map(|json| {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }),
+        Top::Kill { all, id, signal } => standalone::parse_signal(&signal)
+            .and_then(|sig| standalone::kill(&opts, &id, sig, all))
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Top::Delete { force, id } => {
+            standalone::delete(&opts, &id, force).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Top::Spec { bundle } => standalone::spec(&bundle).map(|_| ExitCode::SUCCESS).map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,7 @@
 //! the FIFO closed, so nothing written before exit is lost.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,15 +18,17 @@ use tokio::sync::oneshot;
 
 /// How long connecting one stream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes moved per read/write in the copy threads.
+const COPY_BUFFER: usize = 64 * 1024;
 
 /// The FIFOs (or files) containerd gave for a process.
 #[derive(Clone, Debug, Default)]
 pub struct StdioPaths {
-    /// stdin FIFO ("" = none).
+    /// stdin FIFO or fd://N ("" = none).
     pub stdin: String,
-    /// stdout FIFO or file:// URI.
+    /// stdout FIFO, file:// URI or fd://N.
     pub stdout: String,
-    /// stderr FIFO or file:// URI.
+    /// stderr FIFO, file:// URI or fd://N.
     pub stderr: String,
     /// A terminal (stdout carries it; stderr unused).
     pub terminal: bool,
@@ -52,7 +54,24 @@ pub struct ProcessIo {
     done: Vec<oneshot::Receiver<()>>,
 }
 
+/// `fd://N`: a duplicate of this process's descriptor N (the standalone
+/// `kata-like run` passes its own stdio this way).
+fn dup_fd(target: &str) -> Option<std::io::Result<File>> {
+    let n: i32 = target.strip_prefix("fd://")?.parse().ok()?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) only reads the descriptor number; the
+    // new descriptor is owned by the returned File alone.
+    let fd = unsafe { libc::fcntl(n, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Some(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Some(Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) }))
+}
+
 fn open_output(target: &str) -> std::io::Result<File> {
+    if let Some(file) = dup_fd(target) {
+        return file;
+    }
     if let Some(path) = target.strip_prefix("file://") {
         return OpenOptions::new().create(true).append(true).open(path);
     }
@@ -70,6 +89,28 @@ fn connect(uds: &Path, container: &str, exec: &str, stream: &str) -> Result<Unix
     Ok(s)
 }
 
+/// Copies until EOF with plain read/write calls.
+///
+/// Not `std::io::copy`: between a socket and a FIFO it uses splice(2), and
+/// the kernel holds the FIFO's pipe lock while splice blocks reading the
+/// socket. A silent container then keeps containerd's FIFO locked, and
+/// every open or read of it (`ctr run -d` exiting, containerd's log copy)
+/// hangs in uninterruptible sleep.
+fn copy_unspliced(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 fn copy_out(mut from: UnixStream, target: String, name: &'static str) -> Result<oneshot::Receiver<()>, String> {
     let (tx, rx) = oneshot::channel();
     std::thread::Builder::new()
@@ -77,7 +118,7 @@ fn copy_out(mut from: UnixStream, target: String, name: &'static str) -> Result<
         .spawn(move || {
             match open_output(&target) {
                 Ok(mut out) => {
-                    if let Err(e) = std::io::copy(&mut from, &mut out) {
+                    if let Err(e) = copy_unspliced(&mut from, &mut out) {
                         log::warn!("{name} copy to {target} ended: {e}");
                     }
                 }
@@ -99,10 +140,11 @@ fn copy_in(to: UnixStream, fifo: String) -> Result<(), String> {
         .spawn(move || {
             // Blocks until containerd's side has the FIFO open for writing;
             // `ProcessIo::close_stdin` unblocks it when nobody ever does.
-            match OpenOptions::new().read(true).open(&fifo) {
+            let input = dup_fd(&fifo).unwrap_or_else(|| OpenOptions::new().read(true).open(&fifo));
+            match input {
                 Ok(mut input) => {
                     let mut out = &to;
-                    if let Err(e) = std::io::copy(&mut input, &mut out) {
+                    if let Err(e) = copy_unspliced(&mut input, &mut out) {
                         log::debug!("stdin copy ended: {e}");
                     }
                 }
@@ -144,7 +186,7 @@ impl ProcessIo {
         }
         // Unblock a stdin thread still waiting in open(): open the FIFO's
         // write end ourselves and close it (it then reads EOF).
-        if let Some(fifo) = self.stdin_fifo.take() {
+        if let Some(fifo) = self.stdin_fifo.take().filter(|f| !f.to_string_lossy().starts_with("fd://")) {
             let _ = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo);
         }
     }
@@ -165,3 +207,36 @@ async fn futures_all(receivers: Vec<oneshot::Receiver<()>>) {
 
 /// Shared handle to a process's I/O.
 pub type SharedIo = Arc<Mutex<Option<ProcessIo>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// While the copy waits on a silent stream, the FIFO stays usable: a
+    /// second reader can open it (splice would hold the pipe lock).
+    #[test]
+    fn silent_stream_does_not_lock_the_fifo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("out");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("reader");
+        let mut writer = OpenOptions::new().write(true).open(&fifo).expect("writer");
+        let (guest, mut host) = UnixStream::pair().expect("pair");
+        let copier = std::thread::spawn(move || copy_unspliced(&mut host, &mut writer));
+        std::thread::sleep(Duration::from_millis(100));
+
+        let (tx, rx) = mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).is_ok());
+        });
+        let opened = rx.recv_timeout(Duration::from_secs(5));
+        // End the copy either way, so a failing run does not hang.
+        (&guest).write_all(b"bye").expect("write");
+        drop(guest);
+        assert_eq!(opened, Ok(true), "a second open of the FIFO blocked while the copy waited");
+        assert_eq!(copier.join().expect("copier").expect("copy"), 3);
+        drop(reader);
+    }
+}

@@ -20,15 +20,12 @@ use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, TtrpcResult};
-use kata_like_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, ExecProcessRequest, ProcessRequest, ResizeTtyRequest,
-    SignalProcessRequest, UpdateContainerRequest,
-};
-use kata_like_protocol::{AgentClient, AgentClientError, INIT_EXEC_ID};
+use kata_like_protocol::agent::{ContainerRequest, ExecProcessRequest, UpdateContainerRequest};
+use kata_like_protocol::{AgentClient, AgentClientError};
 use tokio::sync::watch;
 
 use super::io::{ProcessIo, SharedIo, StdioPaths};
-use super::sandbox::Sandbox;
+use super::sandbox::{guest_spec, Sandbox};
 use super::{metrics, options, rootfs};
 use crate::config::RuntimeConfig;
 
@@ -124,19 +121,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| err(Code::INTERNAL, format!("worker failed: {e}")))
 }
 
-/// The guest's copy of the spec: what the guest cannot honour is dropped
-/// with a log line rather than failing the container.
-fn guest_spec(raw: &[u8]) -> Result<(Vec<u8>, String), String> {
-    let mut spec: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("config.json: {e}"))?;
-    let root = spec.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs").to_string();
-    if let Some(linux) = spec.get_mut("linux").and_then(|l| l.as_object_mut()) {
-        if linux.remove("seccomp").is_some() {
-            log::warn!("seccomp profiles are not applied inside the guest yet; the VM is the boundary");
-        }
-    }
-    Ok((serde_json::to_vec(&spec).map_err(|e| e.to_string())?, root))
-}
-
 impl Service {
     /// A service publishing to containerd through `publisher`.
     pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Service {
@@ -203,7 +187,8 @@ impl Service {
             let rel = rootfs::share_rootfs(sandbox.shared(), id, root).map_err(|e| err(Code::INTERNAL, e))?;
             return Ok((sandbox, rel));
         }
-        let (state, shared) = Sandbox::prepare(config, id, bundle).map_err(|e| err(Code::INTERNAL, e))?;
+        let (state, shared) = Sandbox::prepare(config, id).map_err(|e| err(Code::INTERNAL, e))?;
+        Sandbox::mark_bundle(bundle, &state);
         let rel = match rootfs::share_rootfs(&shared, id, root) {
             Ok(rel) => rel,
             Err(e) => {
@@ -262,21 +247,8 @@ impl Service {
             terminal: req.terminal,
         };
         let mut proc = Proc::new(stdio.clone(), Vec::new());
-        let (id, sb) = (req.id.clone(), sandbox.clone());
-        let result = blocking(move || -> Result<(u32, ProcessIo), String> {
-            let io = ProcessIo::connect(sb.uds(), &id, INIT_EXEC_ID, &stdio)?;
-            let mut creq = CreateContainerRequest::new();
-            creq.container_id = id.clone();
-            creq.spec_json = spec;
-            creq.rootfs = rel;
-            creq.stdio = protobuf::MessageField::some(stdio.agent_stdio());
-            let resp = sb
-                .client()
-                .call("CreateContainer", false, |c, ctx| c.create_container(ctx, &creq))
-                .map_err(|e| agent_message(&e))?;
-            Ok((resp.pid, io))
-        })
-        .await?;
+        let (id, sb, st) = (req.id.clone(), sandbox.clone(), stdio.clone());
+        let result = blocking(move || sb.create_container(&id, spec, rel, &st)).await?;
         let (pid, io) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -307,14 +279,7 @@ impl Service {
         tokio::spawn(async move {
             let (cid, eid) = (id.clone(), exec_id.clone());
             let sb = sandbox.clone();
-            let waited = blocking(move || {
-                let client = sb.long_poll_client()?;
-                let mut req = ProcessRequest::new();
-                req.container_id = cid;
-                req.exec_id = eid;
-                client.call("WaitProcess", true, |c, ctx| c.wait_process(ctx, &req)).map_err(|e| agent_message(&e))
-            })
-            .await;
+            let waited = blocking(move || sb.wait_process(&cid, &eid)).await;
             let (status, at, oom) = match waited {
                 Ok(Ok(resp)) => (resp.exit_status, ts_from_ns(resp.exited_at_ns), resp.oom_killed),
                 Ok(Err(e)) | Err(ttrpc::Error::Others(e)) => {
@@ -355,7 +320,17 @@ impl Service {
         f: impl FnOnce(&AgentClient) -> Result<R, AgentClientError> + Send + 'static,
     ) -> TtrpcResult<R> {
         let sandbox = self.sandbox().await?;
-        blocking(move || f(sandbox.client())).await?.map_err(agent_err)
+        blocking(move || {
+            f(sandbox.client()).map_err(|e| {
+                // A transport failure (timeout, lost connection) is ours to
+                // debug, not the caller's: keep the guest's view in the log.
+                if !matches!(&e, AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(_), .. }) {
+                    log::error!("{e}; guest console:\n{}", sandbox.console_tail());
+                }
+                agent_err(e)
+            })
+        })
+        .await?
     }
 }
 
@@ -371,7 +346,11 @@ impl Task for Service {
         if self.containers().contains_key(&req.id) {
             return Err(err(Code::ALREADY_EXISTS, format!("container {} already exists", req.id)));
         }
+        // The phase lines (request, created, running) are what the ctr
+        // benchmark (tests/src/bin/bench_ctr.rs) reads from the log.
+        log::info!("phase create-request {}", req.id);
         let (pid, _) = self.create_inner(&req).await?;
+        log::info!("phase created {}", req.id);
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
         ev.bundle = req.bundle.clone();
@@ -397,11 +376,7 @@ impl Task for Service {
         let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
         let pid = blocking(move || -> Result<u32, String> {
             if exec_id.is_empty() {
-                return sb
-                    .client()
-                    .call("StartContainer", false, |c, ctx| c.start_container(ctx, &container_req(&id)))
-                    .map(|r| r.pid)
-                    .map_err(|e| agent_message(&e));
+                return sb.start_container(&id);
             }
             let io = ProcessIo::connect(sb.uds(), &id, &exec_id, &p.stdio)?;
             *p.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
@@ -424,6 +399,9 @@ impl Task for Service {
         let mut proc = proc;
         proc.pid = pid;
         self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
+        if req.exec_id.is_empty() {
+            log::info!("phase running {}", req.id);
+        }
         if req.exec_id.is_empty() {
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
@@ -578,22 +556,12 @@ impl Task for Service {
         if proc.exited().is_some() && !req.all {
             return Err(err(Code::NOT_FOUND, format!("process {} already finished", proc.pid)));
         }
-        let mut sreq = SignalProcessRequest::new();
-        sreq.container_id = req.id.clone();
-        sreq.exec_id = req.exec_id.clone();
-        sreq.signal = req.signal;
-        sreq.all = req.all;
-        self.agent_call(move |c| c.call("SignalProcess", false, |a, ctx| a.signal_process(ctx, &sreq))).await?;
+        self.agent_call(move |c| c.signal_process(&req.id, &req.exec_id, req.signal, req.all)).await?;
         Ok(api::Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
-        let mut rreq = ResizeTtyRequest::new();
-        rreq.container_id = req.id.clone();
-        rreq.exec_id = req.exec_id.clone();
-        rreq.width = req.width;
-        rreq.height = req.height;
-        self.agent_call(move |c| c.call("ResizeTty", false, |a, ctx| a.resize_tty(ctx, &rreq))).await?;
+        self.agent_call(move |c| c.resize_tty(&req.id, &req.exec_id, req.width, req.height)).await?;
         Ok(api::Empty::new())
     }
 

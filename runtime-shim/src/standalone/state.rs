@@ -1,0 +1,180 @@
+//! The on-disk record of a standalone container: `<root>/<id>/state.json`,
+//! the OCI runtime state plus what `kill` and `delete` need (the monitor
+//! process, the VM's vsock socket).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::StandaloneError;
+
+/// The OCI runtime-spec version our state follows.
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// OCI runtime state (runtime-spec "State"), with kata-like extras.
+#[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct State {
+    /// OCI runtime-spec version.
+    pub oci_version: String,
+    /// Container ID.
+    pub id: String,
+    /// creating, created, running or stopped.
+    pub status: String,
+    /// The container's init process, as a PID of the guest (the host has
+    /// no process for it); 0 before it exists.
+    pub pid: u32,
+    /// Absolute bundle path.
+    pub bundle: String,
+    /// The spec's annotations.
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// The `kata-like run` process that owns the VM.
+    pub monitor_pid: u32,
+    /// Exit status once stopped (code, or 128 + signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
+}
+
+/// Where containers' directories live.
+#[derive(Clone, Debug)]
+pub struct Root(pub PathBuf);
+
+impl Root {
+    /// The directory of container `id`.
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.0.join(id)
+    }
+
+    /// The sandbox VM's state directory (socket, logs, shared directory).
+    pub fn vm_dir(&self, id: &str) -> PathBuf {
+        self.dir(id).join(VM_DIR)
+    }
+
+    /// Reads container `id`'s state; a monitor that is gone makes a
+    /// running container stopped.
+    pub fn load(&self, id: &str) -> Result<State, StandaloneError> {
+        check_id(id)?;
+        let path = self.dir(id).join("state.json");
+        let raw = match std::fs::read(&path) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StandaloneError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(StandaloneError::Failed(format!("{}: {e}", path.display()))),
+        };
+        let mut state: State =
+            serde_json::from_slice(&raw).map_err(|e| StandaloneError::Failed(format!("{}: {e}", path.display())))?;
+        if state.status != "stopped" && !monitor_alive(state.monitor_pid) {
+            state.status = "stopped".into();
+        }
+        Ok(state)
+    }
+
+    /// Writes `state` (atomically: a reader never sees half a file).
+    pub fn save(&self, state: &State) -> Result<(), StandaloneError> {
+        let path = self.dir(&state.id).join("state.json");
+        let tmp = path.with_extension("json.tmp");
+        let raw = serde_json::to_vec_pretty(state).map_err(|e| StandaloneError::Failed(e.to_string()))?;
+        std::fs::write(&tmp, raw)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| StandaloneError::Failed(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The sandbox state directory's name inside a container's directory.
+pub const VM_DIR: &str = "vm";
+
+/// Container IDs name directories: no separators, no dot names.
+pub fn check_id(id: &str) -> Result<(), StandaloneError> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(StandaloneError::Invalid(format!("invalid container ID {id:?}: use letters, digits and . _ - +")))
+    }
+}
+
+/// Whether `pid` is still a `kata-like` process (not a reused PID).
+pub fn monitor_alive(pid: u32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let exe = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    pid != 0 && Path::new(std::str::from_utf8(exe).unwrap_or_default()).ends_with("kata-like")
+}
+
+/// Now, RFC 3339 in UTC.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm; pulling in chrono for one timestamp is
+/// not worth it).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_would_escape_the_root_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "a b", "x\0"] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+        for good in ["c1", "my-container_2.v+1"] {
+            assert!(check_id(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    }
+
+    #[test]
+    fn state_round_trips_and_a_dead_monitor_means_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Root(dir.path().to_path_buf());
+        std::fs::create_dir_all(root.dir("c1")).expect("mkdir");
+        let state = State {
+            oci_version: OCI_VERSION.into(),
+            id: "c1".into(),
+            status: "running".into(),
+            pid: 7,
+            bundle: "/b".into(),
+            annotations: HashMap::new(),
+            created: now_rfc3339(),
+            // PID 1 exists but is not kata-like.
+            monitor_pid: 1,
+            exit_status: None,
+        };
+        root.save(&state).expect("save");
+        let loaded = root.load("c1").expect("load");
+        assert_eq!(loaded.status, "stopped");
+        assert_eq!(loaded.pid, 7);
+        assert!(matches!(root.load("nope"), Err(StandaloneError::NotFound(_))));
+    }
+}

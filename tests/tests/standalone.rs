@@ -1,0 +1,158 @@
+//! `kata-like run/state/kill/delete` on an OCI bundle, without containerd.
+//! Boots microVMs: `#[ignore]`d, run by scripts/test.sh.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_infra::Artifacts;
+
+/// A bundle whose rootfs is Debian's static busybox with a few applets.
+fn bundle(dir: &Path, args: &[&str]) -> PathBuf {
+    let bundle = dir.join("bundle");
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir rootfs");
+    for d in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(bundle.join("rootfs").join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
+    for applet in ["sh", "echo", "sleep", "cat", "id"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink");
+    }
+    let status = Command::new(cli()).arg("spec").arg("--bundle").arg(&bundle).status().expect("kata-like spec");
+    assert!(status.success(), "kata-like spec");
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("parse spec");
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin", "GREETING=standalone"]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("json")).expect("write spec");
+    bundle
+}
+
+fn cli() -> PathBuf {
+    Artifacts::locate().map(|a| a.cli).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A config with the test VM size and generous timeouts (emulated guest
+/// kernel, shared cores).
+fn config(dir: &Path) -> PathBuf {
+    let path = dir.join("kata-like.toml");
+    std::fs::write(&path, "memory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\n").expect("config");
+    path
+}
+
+fn kata_like(dir: &Path, args: &[&str]) -> Output {
+    Command::new(cli())
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--config")
+        .arg(config(dir))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("kata-like")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Nothing of the run is left: no VMM or virtiofsd, no mounts, no state.
+fn assert_clean(dir: &Path) {
+    let needle = dir.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = test_infra::vmm_processes_with(&needle);
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|t| t.starts_with(&needle))
+            .collect();
+        let state: Vec<_> =
+            std::fs::read_dir(dir.join("root")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        if procs.is_empty() && mounts.is_empty() && state.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: vmm {procs:?}, mounts {mounts:?}, state {state:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+#[ignore = "boots a microVM"]
+fn run_prints_output_and_exits_with_the_container_status() {
+    if test_infra::vm_test("run_prints_output_and_exits_with_the_container_status").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(dir.path(), &["sh", "-c", "echo hello-$GREETING; echo to-stderr >&2; exit 3"]);
+    let out = kata_like(dir.path(), &["run", "--bundle", &b.display().to_string(), "c1"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello-standalone\n");
+    assert!(text(&out.stderr).contains("to-stderr"), "{}", text(&out.stderr));
+    // A foreground run leaves no record.
+    let state = kata_like(dir.path(), &["state", "c1"]);
+    assert!(!state.status.success());
+    assert!(text(&state.stderr).contains("c1 does not exist"), "{}", text(&state.stderr));
+    assert_clean(dir.path());
+}
+
+#[test]
+#[ignore = "boots a microVM"]
+fn detached_container_has_state_takes_signals_and_is_deleted() {
+    if test_infra::vm_test("detached_container_has_state_takes_signals_and_is_deleted").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = bundle(dir.path(), &["sh", "-c", "trap 'exit 42' TERM; sleep 100000 & wait"]);
+    let b = b.display().to_string();
+    // The monitor keeps the stdio it was given: send it to files, not pipes
+    // this test would wait on.
+    let log = std::fs::File::create(dir.path().join("out.log")).expect("log");
+    let status = Command::new(cli())
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--config")
+        .arg(config(dir.path()))
+        .args(["run", "--detach", "--bundle", &b, "c2"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .status()
+        .expect("run -d");
+    let out_log = || std::fs::read_to_string(dir.path().join("out.log")).unwrap_or_default();
+    assert!(status.success(), "run --detach: {}", out_log());
+
+    let state: serde_json::Value =
+        serde_json::from_slice(&kata_like(dir.path(), &["state", "c2"]).stdout).expect("state json");
+    assert_eq!(state["status"], "running", "{state}");
+    assert_eq!(state["id"], "c2");
+    assert_eq!(state["bundle"], b.as_str());
+    assert!(state["pid"].as_u64().unwrap_or(0) > 1, "{state}");
+
+    // A second container with the same ID is refused, and a running one
+    // is not deleted without --force.
+    let dup = kata_like(dir.path(), &["run", "--bundle", &b, "c2"]);
+    assert!(text(&dup.stderr).contains("c2 already exists"), "{}", text(&dup.stderr));
+    let del = kata_like(dir.path(), &["delete", "c2"]);
+    assert!(text(&del.stderr).contains("still running"), "{}", text(&del.stderr));
+
+    let kill = kata_like(dir.path(), &["kill", "c2", "TERM"]);
+    assert!(kill.status.success(), "kill: {}", text(&kill.stderr));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let stopped = loop {
+        let state: serde_json::Value =
+            serde_json::from_slice(&kata_like(dir.path(), &["state", "c2"]).stdout).expect("state json");
+        if state["status"] == "stopped" {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "not stopped after SIGTERM: {state}\n{}", out_log());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(stopped["exitStatus"], 42, "{stopped}");
+    let del = kata_like(dir.path(), &["delete", "c2"]);
+    assert!(del.status.success(), "delete: {}", text(&del.stderr));
+    assert_clean(dir.path());
+}
