@@ -56,10 +56,11 @@ impl Containerd {
         let kata_config = d.join("kata-like.toml");
         std::fs::write(
             &kata_config,
-            // Generous timeouts: guest kernel work is emulated here, and the
-            // tests share two cores with each other.
+            // Generous timeouts: guest kernel work is emulated here, and five
+            // concurrent boots on two cores take up to five times as long
+            // (guest init at 170-270 s instead of 35 s).
             format!(
-                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\n",
+                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 600\nrpc_timeout_secs = 240\n",
                 kata_state.display()
             ),
         )

@@ -80,6 +80,16 @@ fn assert_clean(dir: &Path) {
     }
 }
 
+/// Force-deletes a container when a test ends, passed or not, so a
+/// failure leaves no monitor or VM running.
+struct ForceDelete(PathBuf, &'static str);
+
+impl Drop for ForceDelete {
+    fn drop(&mut self) {
+        let _ = kata_like(&self.0, &["delete", "--force", self.1]);
+    }
+}
+
 #[test]
 #[ignore = "boots a microVM"]
 fn run_prints_output_and_exits_with_the_container_status() {
@@ -106,7 +116,9 @@ fn detached_container_has_state_takes_signals_and_is_deleted() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let b = bundle(dir.path(), &["sh", "-c", "trap 'exit 42' TERM; sleep 100000 & wait"]);
+    // "trapped" tells the test the handler is in place: a signal that
+    // arrives before would be ignored (sh is its PID namespace's init).
+    let b = bundle(dir.path(), &["sh", "-c", "trap 'exit 42' TERM; echo trapped; sleep 100000 & wait"]);
     let b = b.display().to_string();
     // The monitor keeps the stdio it was given: send it to files, not pipes
     // this test would wait on.
@@ -123,6 +135,7 @@ fn detached_container_has_state_takes_signals_and_is_deleted() {
         .status()
         .expect("run -d");
     let out_log = || std::fs::read_to_string(dir.path().join("out.log")).unwrap_or_default();
+    let _guard = ForceDelete(dir.path().to_path_buf(), "c2");
     assert!(status.success(), "run --detach: {}", out_log());
 
     let state: serde_json::Value =
@@ -139,6 +152,11 @@ fn detached_container_has_state_takes_signals_and_is_deleted() {
     let del = kata_like(dir.path(), &["delete", "c2"]);
     assert!(text(&del.stderr).contains("still running"), "{}", text(&del.stderr));
 
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !out_log().contains("trapped") {
+        assert!(Instant::now() < deadline, "the container never printed: {}", out_log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let kill = kata_like(dir.path(), &["kill", "c2", "TERM"]);
     assert!(kill.status.success(), "kill: {}", text(&kill.stderr));
     let deadline = Instant::now() + Duration::from_secs(240);

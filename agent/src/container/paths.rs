@@ -62,18 +62,22 @@ fn components(path: &str) -> Vec<String> {
 /// it: as given with a '/', else in the `PATH` of `env`.
 pub fn find_executable(root: &Path, program: &str, env: &[String], cwd: &str) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |inside: &str| -> bool {
-        secure_join(root, inside)
-            .ok()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    // Why `inside` is not an executable file, if it is not.
+    let check = |inside: &str| -> Result<(), String> {
+        let path = secure_join(root, inside).map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err("not an executable file".into())
+        }
     };
+    let executable = |inside: &str| check(inside).is_ok();
     if program.contains('/') {
         let inside = if program.starts_with('/') { program.to_string() } else { format!("{cwd}/{program}") };
-        return if executable(&inside) {
-            Ok(program.to_string())
-        } else {
-            Err(format!("executable file {program:?} not found in the container"))
+        return match check(&inside) {
+            Ok(()) => Ok(program.to_string()),
+            Err(why) => Err(format!("executable file {program:?} not found in the container ({why})")),
         };
     }
     let path = env
