@@ -12,8 +12,10 @@ use crate::agent_ttrpc::AgentServiceClient;
 use crate::hybrid_vsock::{self, HandshakeError};
 use crate::AGENT_VSOCK_PORT;
 
-/// How long one handshake step may take before the attempt is retried.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one handshake step may take before the attempt is retried:
+/// long, because a guest whose kernel is emulated may take many seconds
+/// to accept under load (the VMM waits up to 60 s for its answer).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between connection attempts while the guest boots.
 const RETRY_INTERVAL: Duration = Duration::from_millis(100);
 

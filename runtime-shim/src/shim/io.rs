@@ -16,8 +16,9 @@ use kata_like_protocol::agent::Stdio;
 use kata_like_protocol::{hybrid_vsock, IO_VSOCK_PORT};
 use tokio::sync::oneshot;
 
-/// How long connecting one stream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting one stream may take (an emulated guest under load
+/// can take many seconds to accept; the VMM waits up to 60 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes moved per read/write in the copy threads.
 const COPY_BUFFER: usize = 64 * 1024;
 

@@ -31,8 +31,12 @@ use super::{op, PktHeader, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 pub const MAX_CONNECTIONS: usize = 256;
 /// Control packets queued for the guest before TX processing pauses.
 pub const MAX_PENDING_CONTROL: usize = 1024;
-/// Time a host client has to send `CONNECT <port>\n`, and the guest to answer.
+/// Time a host client has to send `CONNECT <port>\n` (Firecracker's 2 s).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time the guest has to answer a connection request. Firecracker allows
+/// 2 s; a guest whose kernel is emulated (nested PVM), with five booting
+/// beside it on two cores, took longer, and the host saw a refusal.
+pub const GUEST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest `CONNECT <port>` line.
 const MAX_CONNECT_LINE: usize = 32;
 /// First host-side port handed to host-initiated connections.
@@ -322,8 +326,13 @@ impl HybridVsockMuxer {
         let Some(hs) = self.handshakes.remove(&fd) else { return };
         self.unwatch(fd);
         let local_port = self.allocate_local_port();
-        let conn =
-            VsockConnection::new_local(hs.stream, self.guest_cid, local_port, port, Instant::now() + HANDSHAKE_TIMEOUT);
+        let conn = VsockConnection::new_local(
+            hs.stream,
+            self.guest_cid,
+            local_port,
+            port,
+            Instant::now() + GUEST_RESPONSE_TIMEOUT,
+        );
         let key = conn.key();
         self.conns.insert(key, conn);
         self.rxq.push_back(RxItem::Ctrl { key, op: op::REQUEST, flags: 0 });
