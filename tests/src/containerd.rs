@@ -157,7 +157,7 @@ impl Containerd {
     pub fn leftovers(&self) -> Vec<String> {
         let needle = self.dir.path().display().to_string();
         let mut found = Vec::new();
-        for (pid, cmdline) in processes() {
+        for (pid, cmdline) in crate::processes() {
             let ours = cmdline.contains(&needle) || cmdline.contains(&self.kata_state.display().to_string());
             if ours
                 && ["kata-like-vmm", "virtiofsd", "containerd-shim-kata-like-v2"].iter().any(|p| cmdline.contains(p))
@@ -165,12 +165,8 @@ impl Containerd {
                 found.push(format!("process {pid}: {cmdline}"));
             }
         }
-        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines() {
-            if let Some(target) = line.split(' ').nth(4) {
-                if target.starts_with(&self.kata_state.display().to_string()) {
-                    found.push(format!("mount {target}"));
-                }
-            }
+        for target in crate::mounts_under(&self.kata_state.display().to_string()) {
+            found.push(format!("mount {target}"));
         }
         if let Ok(entries) = std::fs::read_dir(&self.kata_state) {
             for e in entries.flatten() {
@@ -193,17 +189,6 @@ impl Containerd {
     }
 }
 
-fn processes() -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
-        })
-        .collect()
-}
-
 impl Drop for Containerd {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child.
@@ -220,7 +205,7 @@ impl Drop for Containerd {
         // Shims outlive containerd by design; a failed test must not leave
         // its shims (and so, through PDEATHSIG, VMMs and virtiofsd) running.
         let socket = self.socket.display().to_string();
-        for (pid, cmdline) in processes() {
+        for (pid, cmdline) in crate::processes() {
             if cmdline.contains("containerd-shim") && cmdline.contains(&socket) {
                 // SAFETY: kill(2) on a shim this containerd started.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -231,12 +216,8 @@ impl Drop for Containerd {
             std::thread::sleep(Duration::from_millis(100));
         }
         // containerd leaves snapshot mounts behind on abrupt stops.
-        for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().rev() {
-            if let Some(t) = line.split(' ').nth(4) {
-                if t.starts_with(&self.dir.path().display().to_string()) {
-                    let _ = nix_umount(t);
-                }
-            }
+        for t in crate::mounts_under(&self.dir.path().display().to_string()).iter().rev() {
+            let _ = nix_umount(t);
         }
     }
 }

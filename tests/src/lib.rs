@@ -146,15 +146,35 @@ pub fn host_is_nested_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
-/// kata-like-vmm processes still running whose command line mentions `needle`.
-pub fn vmm_processes_with(needle: &str) -> Vec<u32> {
+/// Every process with its command line (arguments joined by spaces).
+pub fn processes() -> Vec<(u32, String)> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let text = String::from_utf8_lossy(&cmdline);
-            text.contains("kata-like-vmm") && text.contains(needle)
+        .filter_map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&raw).replace('\0', " ")))
         })
+        .collect()
+}
+
+/// Mount points of this mount namespace whose path starts with `prefix`,
+/// in mount order.
+pub fn mounts_under(prefix: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|t| t.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// kata-like-vmm processes still running whose command line mentions `needle`.
+pub fn vmm_processes_with(needle: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, cmdline)| cmdline.contains("kata-like-vmm") && cmdline.contains(needle))
+        .map(|(pid, _)| pid)
         .collect()
 }

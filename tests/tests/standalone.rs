@@ -64,12 +64,7 @@ fn assert_clean(dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let procs = test_infra::vmm_processes_with(&needle);
-        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|t| t.starts_with(&needle))
-            .collect();
+        let mounts = test_infra::mounts_under(&needle);
         let state: Vec<_> =
             std::fs::read_dir(dir.join("root")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
         if procs.is_empty() && mounts.is_empty() && state.is_empty() {

@@ -156,8 +156,7 @@ impl Sandbox {
 
     /// Starts a created container; returns its init's guest PID.
     pub fn start_container(&self, id: &str) -> Result<u32, String> {
-        let mut req = ContainerRequest::new();
-        req.container_id = id.to_string();
+        let req = container_req(id);
         self.client
             .call("StartContainer", false, |c, ctx| c.start_container(ctx, &req))
             .map(|r| r.pid)
@@ -211,6 +210,13 @@ pub fn cleanup_after_crash(id: &str, bundle: &Path) {
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     log::info!("cleaned up after shim of {id}");
+}
+
+/// A request naming container `id`.
+pub fn container_req(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.to_string();
+    r
 }
 
 /// The guest's copy of an OCI spec (`config.json` bytes) and its root path:

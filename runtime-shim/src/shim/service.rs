@@ -20,12 +20,12 @@ use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, TtrpcResult};
-use kata_like_protocol::agent::{ContainerRequest, ExecProcessRequest, UpdateContainerRequest};
+use kata_like_protocol::agent::{ExecProcessRequest, UpdateContainerRequest};
 use kata_like_protocol::{AgentClient, AgentClientError};
 use tokio::sync::watch;
 
 use super::io::{ProcessIo, SharedIo, StdioPaths};
-use super::sandbox::{guest_spec, Sandbox};
+use super::sandbox::{container_req, guest_spec, Sandbox};
 use super::{metrics, options, rootfs};
 use crate::config::RuntimeConfig;
 
@@ -332,12 +332,6 @@ impl Service {
         })
         .await?
     }
-}
-
-fn container_req(id: &str) -> ContainerRequest {
-    let mut r = ContainerRequest::new();
-    r.container_id = id.to_string();
-    r
 }
 
 #[async_trait]

@@ -133,15 +133,14 @@ fn pss(pid: u32) -> (u64, u64) {
 
 /// Processes whose command line has all of `needles`: (pid, ppid, name).
 fn procs(needles: &[&str]) -> Vec<(u32, u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?).replace('\0', " ");
+    test_infra::processes()
+        .into_iter()
+        .filter(|(_, cmd)| needles.iter().all(|n| cmd.contains(n)))
+        .filter_map(|(pid, cmd)| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             let ppid = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
             let name = Path::new(cmd.split(' ').next()?).file_name()?.to_string_lossy().into_owned();
-            needles.iter().all(|n| cmd.contains(n)).then_some((pid, ppid, name))
+            Some((pid, ppid, name))
         })
         .collect()
 }
