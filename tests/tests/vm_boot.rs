@@ -15,6 +15,20 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// Unwraps an agent call, or fails with the guest console and VMM log: a
+/// lost connection says little on its own.
+fn ok<T, E: std::fmt::Display>(vm: &SandboxVm, what: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|e| {
+        let console = vm.console();
+        let console: Vec<&str> = console.lines().collect();
+        let vmm_log = kata_like_runtime::sandbox::tail(&vm.state_dir().join("vmm.log"), 30);
+        panic!(
+            "{what}: {e}\n--- guest console (tail) ---\n{}\n--- VMM log (tail) ---\n{vmm_log}",
+            console[console.len().saturating_sub(30)..].join("\n")
+        )
+    })
+}
+
 #[test]
 #[ignore = "boots a microVM; run with scripts/test.sh or `-- --ignored`"]
 fn vm_boots_serves_the_agent_and_powers_off() {
@@ -38,21 +52,23 @@ fn vm_boots_serves_the_agent_and_powers_off() {
     assert!(boot.boot_timer_us.is_some(), "the agent wrote the boot-timer marker");
 
     // `uname -r` in the guest.
-    let uname = vm.run(&strings(&["uname", "-r"]), &[], "", &[]).expect("uname runs");
+    let uname = ok(&vm, "uname runs", vm.run(&strings(&["uname", "-r"]), &[], "", &[]));
     assert_eq!(uname.exit_code, 0);
     assert_eq!(String::from_utf8_lossy(&uname.stdout).trim(), health.kernel_release);
 
     // A failing command: exit status, both streams, env, cwd and stdin.
     let script = "cat; echo \"$GREETING from $(pwd)\"; echo to-stderr >&2; exit 7";
-    let failing = vm
-        .run(&strings(&["sh", "-c", script]), &strings(&["GREETING=hello", "PATH=/bin"]), "/tmp", b"piped in\n")
-        .expect("sh runs");
+    let failing = ok(
+        &vm,
+        "sh runs",
+        vm.run(&strings(&["sh", "-c", script]), &strings(&["GREETING=hello", "PATH=/bin"]), "/tmp", b"piped in\n"),
+    );
     assert_eq!(failing.exit_code, 7);
     assert_eq!(String::from_utf8_lossy(&failing.stdout), "piped in\nhello from /tmp\n");
     assert_eq!(failing.stderr, b"to-stderr\n");
 
     // Killed by a signal.
-    let killed = vm.run(&strings(&["sh", "-c", "kill -9 $$"]), &[], "", &[]).expect("sh runs");
+    let killed = ok(&vm, "sh runs", vm.run(&strings(&["sh", "-c", "kill -9 $$"]), &[], "", &[]));
     assert_eq!((killed.exit_code, killed.signal), (-1, 9));
 
     // Bad requests get ttrpc errors and PID 1 keeps serving.
@@ -63,12 +79,12 @@ fn vm_boots_serves_the_agent_and_powers_off() {
     let mut timed = RunProcessRequest::new();
     timed.args = strings(&["sleep", "60"]);
     timed.timeout_ms = 1000;
-    let timed_out = vm.agent().run_process(&timed).expect("runs");
+    let timed_out = ok(&vm, "sleep with a timeout", vm.agent().run_process(&timed));
     assert!(timed_out.timed_out && timed_out.signal == 9, "{timed_out:?}");
-    vm.agent().health().expect("the agent still answers");
+    ok(&vm, "the agent still answers", vm.agent().health());
 
     // The guest sees the VM we configured.
-    let mem = vm.run(&strings(&["grep", "MemTotal", "/proc/meminfo"]), &[], "", &[]).expect("grep runs");
+    let mem = ok(&vm, "grep runs", vm.run(&strings(&["grep", "MemTotal", "/proc/meminfo"]), &[], "", &[]));
     let kib: u64 =
         String::from_utf8_lossy(&mem.stdout).split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     assert!((100_000..=131_072).contains(&kib), "MemTotal {kib} kB for a 128 MiB VM");
