@@ -45,6 +45,17 @@ pub enum AgentClientError {
     },
 }
 
+impl AgentClientError {
+    /// The agent's own answer when it refused the request (a ttrpc status),
+    /// or None when the transport failed (timeout, lost connection).
+    pub fn agent_status(&self) -> Option<&ttrpc::Status> {
+        match self {
+            AgentClientError::Rpc { source: ttrpc::Error::RpcStatus(status), .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
 /// A connected agent client.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -95,6 +106,11 @@ impl AgentClient {
             }
             std::thread::sleep(RETRY_INTERVAL);
         }
+    }
+
+    /// The same connection with another bound on each RPC.
+    pub fn with_rpc_timeout(&self, rpc_timeout: Duration) -> AgentClient {
+        AgentClient { inner: self.inner.clone(), rpc_timeout }
     }
 
     fn context(&self) -> ttrpc::context::Context {

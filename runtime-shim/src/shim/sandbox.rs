@@ -85,7 +85,8 @@ impl Sandbox {
         let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;
         let booted_us = begin.elapsed().as_micros() as u64;
         let uds = vm.state_dir().join("vsock.sock");
-        let client = AgentClient::connect(&uds, config.rpc_timeout()).map_err(|e| e.to_string())?;
+        // The connection the boot check made, with the configured bound.
+        let client = vm.agent().with_rpc_timeout(config.rpc_timeout());
         let mut req = SetupSandboxRequest::new();
         req.entropy = random_bytes(256);
         req.realtime_ns = std::time::SystemTime::now()

@@ -36,12 +36,7 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 
 /// The agent's own message of a failed RPC (not ttrpc's wrapping).
 pub fn agent_message(e: &AgentClientError) -> String {
-    match e {
-        AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(status), .. } => {
-            status.message.clone()
-        }
-        other => other.to_string(),
-    }
+    e.agent_status().map_or_else(|| e.to_string(), |status| status.message.clone())
 }
 
 fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -49,12 +44,12 @@ fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
 }
 
 fn agent_err(e: AgentClientError) -> ttrpc::Error {
-    let code = match &e {
-        AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(s), .. } => {
-            // The same google.rpc codes on both ttrpc versions.
+    let code = match e.agent_status() {
+        // The same google.rpc codes on both ttrpc versions.
+        Some(s) => {
             protobuf::Enum::from_i32(protobuf::Enum::value(&s.code.enum_value_or_default())).unwrap_or(Code::UNKNOWN)
         }
-        _ => Code::UNAVAILABLE,
+        None => Code::UNAVAILABLE,
     };
     err(code, agent_message(&e))
 }
@@ -324,7 +319,7 @@ impl Service {
             f(sandbox.client()).map_err(|e| {
                 // A transport failure (timeout, lost connection) is ours to
                 // debug, not the caller's: keep the guest's view in the log.
-                if !matches!(&e, AgentClientError::Rpc { source: kata_like_protocol::ttrpc::Error::RpcStatus(_), .. }) {
+                if e.agent_status().is_none() {
                     log::error!("{e}; guest console:\n{}", sandbox.console_tail());
                 }
                 agent_err(e)
