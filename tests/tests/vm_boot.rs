@@ -195,3 +195,83 @@ fn agent_timeout_kills_the_vm_and_cleans_up() {
     assert!(vmm_processes_with(&state_parent.path().to_string_lossy()).is_empty(), "the VMM was killed");
     assert_eq!(std::fs::read_dir(state_parent.path()).map(|d| d.count()).unwrap_or(1), 0, "state removed");
 }
+
+/// A persistent host tap with an address, removed on drop.
+struct HostTap(String);
+
+impl HostTap {
+    fn create(name: &str, cidr: &str) -> Result<HostTap, String> {
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+            }
+        };
+        ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
+        let tap = HostTap(name.to_string());
+        ip(&["addr", "add", cidr, "dev", name])?;
+        ip(&["link", "set", name, "up"])?;
+        Ok(tap)
+    }
+}
+
+impl Drop for HostTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+#[test]
+#[ignore = "boots a microVM; run with scripts/test.sh or `-- --ignored`"]
+fn virtio_net_carries_tcp_between_guest_and_host() {
+    use std::io::{BufRead, BufReader, Write};
+    const TEST: &str = "virtio_net_carries_tcp_between_guest_and_host";
+    let Some(artifacts) = vm_test(TEST) else { return };
+    let name = format!("klnet{}", std::process::id() % 100_000);
+    let _tap = match HostTap::create(&name, "10.213.0.1/30") {
+        Ok(tap) => tap,
+        Err(e) => return test_infra::skip(TEST, &format!("cannot create a host tap: {e}")),
+    };
+    let listener = std::net::TcpListener::bind("10.213.0.1:0").expect("bind on the tap's address");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("no connection from the guest: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).map_err(|e| e.to_string())?;
+        (&stream).write_all(b"hello guest\n").map_err(|e| e.to_string())?;
+        Ok((line, peer))
+    });
+
+    let mut spec = artifacts.vm_spec();
+    spec.vmm_args = strings(&["--net", &format!("tap={name},mac=02:00:0a:d5:00:02,mtu=1400")]);
+    let vm = SandboxVm::start(&spec).expect("the VM boots with a NIC");
+    let script = format!(
+        "ip link set eth0 up && ip addr add 10.213.0.2/30 dev eth0 && \
+         cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu && \
+         echo hello host | busybox nc 10.213.0.1 {port}"
+    );
+    let mut req = RunProcessRequest::new();
+    req.args = strings(&["sh", "-c", &script]);
+    req.timeout_ms = 300_000;
+    let out = ok(&vm, "nc in the guest", vm.agent().run_process(&req));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.exit_code, out.timed_out), (0, false), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "02:00:0a:d5:00:02\n1400\nhello guest\n", "stderr: {stderr}");
+    let (line, peer) = server.join().expect("server thread").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line, "hello host\n");
+    assert_eq!(peer.ip().to_string(), "10.213.0.2");
+    vm.shutdown(Duration::from_secs(60)).expect("the VM powers off");
+}

@@ -7,6 +7,7 @@
 //!    ioeventfds).
 //! 5. vCPUs with the CPUID template; the boot vCPU at the kernel entry.
 
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -24,6 +25,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, SerialDevice};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, NetError, Tap, TapError};
 use crate::devices::virtio::vsock::device::VsockError;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{IrqTrigger, VirtioDevice};
@@ -84,6 +86,22 @@ pub enum BuildError {
     /// A virtio-fs device could not reach its virtiofsd.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A virtio-net device could not be created.
+    #[error("net device {index}: {source}")]
+    Net {
+        /// Index in the configuration.
+        index: usize,
+        /// The error.
+        source: NetError,
+    },
+    /// A virtio-net device's tap could not be opened.
+    #[error("net device {index}: {source}")]
+    Tap {
+        /// Index in the configuration.
+        index: usize,
+        /// The error.
+        source: TapError,
+    },
     /// Device placement failed.
     #[error(transparent)]
     Bus(#[from] BusError),
@@ -239,6 +257,19 @@ impl Vmm {
             event_manager.add_subscriber(device.clone());
             fs_devices.push(device);
         }
+        let mut net_devices = Vec::new();
+        for (index, net_config) in config.net.iter().enumerate() {
+            let tap = open_tap(net_config).map_err(|source| BuildError::Tap { index, source })?;
+            let mac = crate::devices::virtio::net::parse_mac(&net_config.mac).unwrap_or_default();
+            let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-net irqfd")?));
+            let device = Net::new(mac, net_config.mtu, Box::new(tap), interrupt.clone())
+                .map_err(|source| BuildError::Net { index, source })?;
+            let device = Arc::new(Mutex::new(device));
+            let slot = 1 + crate::config::MAX_FS_DEVICES as u32 + index as u32;
+            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?;
+            event_manager.add_subscriber(device.clone());
+            net_devices.push(device);
+        }
         step("devices");
 
         // 5. vCPUs.
@@ -282,9 +313,29 @@ impl Vmm {
             serial,
             vsock,
             fs: fs_devices,
+            net: net_devices,
             sampler,
             boot_timer,
         })
+    }
+}
+
+/// The tap of a net device: opened by name, or taken over from the
+/// descriptor our parent passed.
+fn open_tap(config: &crate::config::NetConfig) -> Result<Tap, TapError> {
+    match (&config.tap, config.tap_fd) {
+        (Some(name), _) => Tap::open(name),
+        (None, Some(fd)) => {
+            // SAFETY: F_GETFD only inspects the descriptor table entry.
+            if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(TapError::NotVnetTap { fd, flags: 0 });
+            }
+            // SAFETY: the configuration hands this inherited descriptor to
+            // the device (validated: >= 3 and open); nothing else in the VMM
+            // uses it, and Tap::from_fd checks it is a vnet tap.
+            Tap::from_fd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+        }
+        (None, None) => Err(TapError::BadName(String::new())),
     }
 }
 

@@ -44,6 +44,8 @@ pub const DEFAULT_MEMORY_MIB: u32 = 128;
 pub const MAX_MEMORY_MIB: u32 = 1 << 20;
 /// Most virtio-fs devices one VM takes.
 pub const MAX_FS_DEVICES: usize = 8;
+/// Most virtio-net devices one VM takes.
+pub const MAX_NET_DEVICES: usize = 4;
 /// Default guest CID.
 pub const DEFAULT_GUEST_CID: u64 = 3;
 
@@ -76,6 +78,50 @@ impl std::str::FromStr for FsConfig {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (tag, socket) = s.split_once('=').ok_or_else(|| format!("--fs {s:?}: expected TAG=SOCKET"))?;
         Ok(FsConfig { tag: tag.to_string(), socket: socket.into() })
+    }
+}
+
+/// A virtio-net device on a tap: either a tap interface opened by name in
+/// the VMM's network namespace, or an inherited descriptor of a tap the
+/// parent opened (in a pod's namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface name.
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// Inherited tap descriptor (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+    #[serde(default)]
+    pub tap_fd: Option<i32>,
+    /// The guest NIC's MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The MTU the guest is told (default 1500).
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// Parses `tap=NAME,mac=MAC[,mtu=N]` or `fd=N,mac=MAC[,mtu=N]` (the
+    /// VMM's `--net` flag).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut net = NetConfig { tap: None, tap_fd: None, mac: String::new(), mtu: None };
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').ok_or_else(|| format!("--net {s:?}: {part:?} is not KEY=VALUE"))?;
+            match key {
+                "tap" => net.tap = Some(value.to_string()),
+                "fd" => {
+                    net.tap_fd = Some(value.parse().map_err(|_| format!("--net {s:?}: fd {value:?} is not a number"))?)
+                }
+                "mac" => net.mac = value.to_string(),
+                "mtu" => {
+                    net.mtu = Some(value.parse().map_err(|_| format!("--net {s:?}: mtu {value:?} is not a number"))?)
+                }
+                _ => return Err(format!("--net {s:?}: unknown key {key:?} (tap, fd, mac, mtu)")),
+            }
+        }
+        Ok(net)
     }
 }
 
@@ -119,6 +165,9 @@ pub struct VmConfig {
     /// virtio-fs devices (guest RAM is then shared with virtiofsd).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// CPUID template.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
@@ -162,6 +211,7 @@ impl VmConfig {
             memory_mib: default_memory(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             cpu_template: CpuTemplate::default(),
             serial: SerialOutput::default(),
         }
@@ -203,7 +253,7 @@ impl VmConfig {
                 return invalid("vsock uds_path is empty".into());
             }
         }
-        // Slot 0 is vsock; the rest of the MMIO window holds fs devices.
+        // Slot 0 is vsock, then fs devices, then net devices.
         if self.fs.len() > MAX_FS_DEVICES {
             return invalid(format!("at most {MAX_FS_DEVICES} fs devices, got {}", self.fs.len()));
         }
@@ -216,6 +266,26 @@ impl VmConfig {
             }
             if fs.socket.as_os_str().is_empty() {
                 return invalid(format!("fs[{i}].socket is empty"));
+            }
+        }
+        if self.net.len() > MAX_NET_DEVICES {
+            return invalid(format!("at most {MAX_NET_DEVICES} net devices, got {}", self.net.len()));
+        }
+        for (i, net) in self.net.iter().enumerate() {
+            match (&net.tap, net.tap_fd) {
+                (Some(_), None) => {}
+                (None, Some(fd)) if fd > 2 => {}
+                (None, Some(fd)) => return invalid(format!("net[{i}].tap_fd {fd} is a standard stream")),
+                _ => return invalid(format!("net[{i}] needs exactly one of tap and tap_fd")),
+            }
+            let Some(mac) = crate::devices::virtio::net::parse_mac(&net.mac) else {
+                return invalid(format!("net[{i}].mac {:?} is not aa:bb:cc:dd:ee:ff", net.mac));
+            };
+            if mac[0] & 1 != 0 {
+                return invalid(format!("net[{i}].mac {} is a multicast address", net.mac));
+            }
+            if self.net[..i].iter().any(|other| other.mac.eq_ignore_ascii_case(&net.mac)) {
+                return invalid(format!("net[{i}].mac {} is used twice", net.mac));
             }
         }
         if self.cmdline.contains('\n') {
@@ -274,6 +344,36 @@ mod tests {
         config.fs = vec![FsConfig { tag: "x".repeat(37), socket: "/s".into() }];
         assert!(config.validate().unwrap_err().to_string().contains("fs[0].tag"));
         assert!("nosocket".parse::<FsConfig>().unwrap_err().contains("TAG=SOCKET"));
+    }
+
+    #[test]
+    fn net_devices_parse_and_bad_ones_are_named() {
+        let net: NetConfig = "tap=tap0,mac=02:00:0a:58:00:2f,mtu=1450".parse().expect("net");
+        assert_eq!((net.tap.as_deref(), net.tap_fd, net.mtu), (Some("tap0"), None, Some(1450)));
+        let by_fd: NetConfig = "fd=7,mac=02:00:0a:58:00:30".parse().expect("net");
+        assert_eq!(by_fd.tap_fd, Some(7));
+        assert!("tap=t,speed=10".parse::<NetConfig>().unwrap_err().contains("unknown key \"speed\""));
+        assert!("fd=x,mac=02:00:00:00:00:01".parse::<NetConfig>().unwrap_err().contains("not a number"));
+
+        let mut config = VmConfig::new("/k");
+        config.net = vec![net.clone(), by_fd];
+        config.validate().expect("valid");
+        let checks = [
+            ("tap=a,fd=5,mac=02:00:00:00:00:01", "exactly one of tap and tap_fd"),
+            ("mac=02:00:00:00:00:01", "exactly one of tap and tap_fd"),
+            ("fd=1,mac=02:00:00:00:00:01", "standard stream"),
+            ("tap=a,mac=02:00:00:00:01", "is not aa:bb"),
+            ("tap=a,mac=03:00:00:00:00:01", "multicast"),
+        ];
+        for (text, wanted) in checks {
+            config.net = vec![text.parse().expect("parses")];
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains("net[0]") && err.contains(wanted), "{text}: {err}");
+        }
+        config.net = vec![net.clone(), net];
+        assert!(config.validate().unwrap_err().to_string().contains("used twice"));
+        config.net = (0..5).map(|i| format!("fd={},mac=02:00:00:00:00:0{i}", i + 3).parse().expect("net")).collect();
+        assert!(config.validate().unwrap_err().to_string().contains("at most 4 net devices"));
     }
 
     #[test]

@@ -47,6 +47,10 @@ struct Cli {
     /// vhost-user socket (repeatable).
     #[arg(long = "fs")]
     fs: Vec<kata_like_vmm::config::FsConfig>,
+    /// Add a virtio-net device: tap=NAME,mac=MAC[,mtu=N] or, for a tap
+    /// opened by the parent, fd=N,mac=MAC[,mtu=N] (repeatable).
+    #[arg(long = "net")]
+    net: Vec<kata_like_vmm::config::NetConfig>,
     /// CPUID template: conservative (nested/PVM-safe, default) or host.
     #[arg(long)]
     cpu_template: Option<CpuTemplate>,
@@ -98,6 +102,7 @@ impl Cli {
             config.vsock = Some(VsockConfig { uds_path: uds_path.clone(), guest_cid });
         }
         config.fs.extend(self.fs.iter().cloned());
+        config.net.extend(self.net.iter().cloned());
         if let Some(template) = self.cpu_template {
             config.cpu_template = template;
         }

@@ -20,6 +20,7 @@ use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::fs::Fs;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::profiler::RipSampler;
@@ -128,6 +129,7 @@ pub struct Vmm {
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) vsock: Option<Arc<Mutex<Vsock>>>,
     pub(crate) fs: Vec<Arc<Mutex<Fs>>>,
+    pub(crate) net: Vec<Arc<Mutex<Net>>>,
     pub(crate) sampler: Option<Arc<RipSampler>>,
     pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
 }
@@ -173,6 +175,9 @@ impl Vmm {
         }
         for fs in &self.fs {
             tracing::debug!(metrics = %lock(fs).metrics().summary(), "virtio-fs");
+        }
+        for net in &self.net {
+            tracing::info!(metrics = %lock(net).metrics().summary(), "virtio-net");
         }
         if let (Some(sampler), Some((path, _))) = (&self.sampler, &self.options.profile_rip) {
             let symbols = KernelSymbols::for_kernel(&self.config.kernel);

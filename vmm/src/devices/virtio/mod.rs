@@ -5,6 +5,7 @@
 //! * [`vsock`]: the userspace virtio-vsock device with Firecracker's hybrid
 //!   vsock backend.
 //! * [`fs`]: virtio-fs, a vhost-user frontend to virtiofsd.
+//! * [`net`]: virtio-net on a tap device.
 //!
 //! Queues are `virtio_queue::Queue`; guest kicks arrive on ioeventfds and
 //! interrupts leave through irqfds, so the vCPU threads only see register
@@ -12,6 +13,7 @@
 
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
