@@ -24,6 +24,9 @@ cargo test --workspace --release
 say "microVM integration tests (each boot takes tens of seconds on nested KVM)"
 cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
 
+say "pod networking: a microVM on a tap joined to a CNI-style veth by tc"
+cargo test --release -p kata-like-tests --test pod_network -- --ignored --test-threads=1
+
 say "standalone containers: kata-like run/state/kill/delete"
 cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
 

@@ -4,12 +4,14 @@
 //!   directory and the agent client.
 //! * [`artifacts`]: where the kernel, initrd and VMM are found by default.
 //! * [`child`]: starting the VMM and virtiofsd so they die with us.
+//! * [`network`]: pod networking (a tap joined to the CNI interface by tc).
 //! * [`shim`]: the containerd shim v2 (`containerd-shim-kata-like-v2`).
 //! * [`standalone`]: `kata-like run/state/kill/delete/spec` without containerd.
 
 pub mod artifacts;
 pub mod child;
 pub mod config;
+pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod standalone;

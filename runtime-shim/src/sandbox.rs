@@ -47,7 +47,23 @@ pub struct VmSpec {
     pub state_dir: Option<PathBuf>,
     /// A host directory shared with the guest over virtio-fs.
     pub shared: Option<crate::virtiofsd::SharedFs>,
+    /// A NIC on an open tap (pod networking).
+    pub net: Option<NetDevice>,
 }
+
+/// A virtio-net device for the VM on a tap the caller opened.
+#[derive(Clone, Debug)]
+pub struct NetDevice {
+    /// The tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// The guest NIC's MAC.
+    pub mac: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// The descriptor number the VMM finds the tap at.
+const VMM_TAP_FD: i32 = 3;
 
 /// Errors of sandbox VMs. Each names what failed and, for boot failures,
 /// carries the VMM's own reason and the tail of the guest console.
@@ -222,6 +238,25 @@ impl SandboxVm {
         }
         if let Some((_, fs)) = &virtiofsd {
             command.arg("--fs").arg(fs);
+        }
+        if let Some(net) = &spec.net {
+            command.arg("--net").arg(format!("fd={VMM_TAP_FD},mac={},mtu={}", net.mac, net.mtu));
+            let tap = std::os::fd::AsRawFd::as_raw_fd(net.tap.as_ref());
+            // SAFETY: dup2 and fcntl are async-signal-safe; they place the
+            // tap at VMM_TAP_FD without close-on-exec in the child only.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if tap == VMM_TAP_FD {
+                        let flags = libc::fcntl(tap, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(tap, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(tap, VMM_TAP_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         command.args(&spec.vmm_args);
         let started = Instant::now();
@@ -419,6 +454,7 @@ mod tests {
             vmm_args: vec![],
             state_dir: None,
             shared: None,
+            net: None,
         };
         let err = SandboxVm::start(&spec).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");

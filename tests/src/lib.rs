@@ -88,6 +88,7 @@ impl Artifacts {
             vmm_args: vec![],
             state_dir: None,
             shared: None,
+            net: None,
         }
     }
 }

@@ -138,6 +138,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         vmm_args: args.vmm_args,
         state_dir: None,
         shared: None,
+        net: None,
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {

@@ -80,6 +80,7 @@ impl Sandbox {
                 cache: config.virtiofsd_cache.clone(),
                 extra_args: config.virtiofsd_args.clone(),
             }),
+            net: None,
         };
         let begin = std::time::Instant::now();
         let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;

@@ -139,6 +139,11 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The descriptor, to hand to a VMM (`--net fd=N`).
+    pub fn into_fd(self) -> OwnedFd {
+        OwnedFd::from(self.file)
+    }
 }
 
 impl super::device::Backend for Tap {

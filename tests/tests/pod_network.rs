@@ -1,0 +1,138 @@
+//! Pod networking with a real VM: a network namespace left the way CNI's
+//! bridge plugin leaves one (a veth `eth0` with the pod's address and a
+//! default route, its peer on the host), `network::attach` (tap + tc
+//! redirect), and a microVM whose NIC is that tap. Traffic between the host
+//! and the guest then crosses veth → tc → tap → virtio-net and back.
+//!
+//! Run with `scripts/test.sh` or
+//! `cargo test -p kata-like-tests --test pod_network -- --ignored`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kata_like_protocol::agent::RunProcessRequest;
+use kata_like_runtime::network::{self, IpNet, TAP_NAME};
+use kata_like_runtime::sandbox::{NetDevice, SandboxVm};
+use test_infra::{skip, vm_test};
+
+fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// A named network namespace with a veth into it, removed on drop.
+struct PodNetns {
+    name: String,
+    host_end: String,
+}
+
+impl PodNetns {
+    /// `eth0` in the namespace holds `pod_cidr` with a default route via
+    /// `host_ip`, which the host end holds.
+    fn create(tag: u32, host_cidr: &str, pod_cidr: &str, gateway: &str) -> Result<PodNetns, String> {
+        let ns = PodNetns { name: format!("kltest{tag}"), host_end: format!("klh{tag}") };
+        ip(&["netns", "add", &ns.name])?;
+        ip(&["link", "add", &ns.host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+        ip(&["addr", "add", host_cidr, "dev", &ns.host_end])?;
+        ip(&["link", "set", &ns.host_end, "up"])?;
+        let n = ns.name.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&["-n", n, "addr", "add", pod_cidr, "dev", "eth0"])?;
+        ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        ip(&["-n", n, "route", "add", "default", "via", gateway])?;
+        Ok(ns)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+        let _ = ip(&["link", "del", &self.host_end]);
+    }
+}
+
+#[test]
+#[ignore = "boots a microVM; run with scripts/test.sh or `-- --ignored`"]
+fn a_vm_on_the_pod_tap_talks_tcp_through_the_cni_veth() {
+    const TEST: &str = "a_vm_on_the_pod_tap_talks_tcp_through_the_cni_veth";
+    let Some(artifacts) = vm_test(TEST) else { return };
+    let tag = std::process::id() % 100_000;
+    let ns = match PodNetns::create(tag, "10.215.0.1/24", "10.215.0.2/24", "10.215.0.1") {
+        Ok(ns) => ns,
+        Err(e) => return skip(TEST, &format!("cannot create a network namespace with a veth: {e}")),
+    };
+
+    // What CNI configured is what the guest must get.
+    let pod = network::attach(Path::new(&ns.path())).expect("attach to the pod namespace");
+    let veth_mac = ip(&["-n", &ns.name, "-o", "link", "show", "eth0"]).expect("eth0");
+    assert_eq!(pod.interface.name, "eth0");
+    assert!(veth_mac.contains(&format!("link/ether {}", pod.interface.mac)), "{veth_mac} vs {}", pod.interface.mac);
+    assert_eq!(pod.interface.addresses, vec![IpNet { addr: "10.215.0.2".parse().expect("ip"), prefix: 24 }]);
+    let gateway = "10.215.0.1".parse().ok();
+    assert!(pod.routes.iter().any(|r| r.dest.is_none() && r.gateway == gateway), "{:?}", pod.routes);
+    assert!(pod.routes.iter().any(|r| r.dest.as_ref().is_some_and(|d| d.to_string() == "10.215.0.0/24")));
+    let filters = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "tc", "filter", "show", "dev", "eth0", "ingress"])
+        .output()
+        .expect("tc");
+    let filters = String::from_utf8_lossy(&filters.stdout);
+    assert!(filters.contains("mirred") && filters.contains(TAP_NAME), "eth0 ingress redirects to the tap:\n{filters}");
+
+    let listener = std::net::TcpListener::bind("10.215.0.1:0").expect("bind on the host end");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("no connection from the guest: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).map_err(|e| e.to_string())?;
+        (&stream).write_all(b"hello pod\n").map_err(|e| e.to_string())?;
+        Ok((line, peer))
+    });
+
+    let mut spec = artifacts.vm_spec();
+    let mac = pod.interface.mac.clone();
+    spec.net = Some(NetDevice { tap: Arc::new(pod.tap), mac: mac.clone(), mtu: pod.interface.mtu });
+    let vm = SandboxVm::start(&spec).expect("the VM boots on the pod's tap");
+    // The agent's interface RPC comes with the CRI work; busybox stands in.
+    let script = format!(
+        "ip link set eth0 up && ip addr add 10.215.0.2/24 dev eth0 && ip route add default via 10.215.0.1 && \
+         cat /sys/class/net/eth0/address && echo hello host | busybox nc 10.215.0.1 {port}"
+    );
+    let mut req = RunProcessRequest::new();
+    req.args = vec!["sh".into(), "-c".into(), script];
+    req.timeout_ms = 300_000;
+    let out = vm.agent().run_process(&req).unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.exit_code, out.timed_out), (0, false), "stderr: {stderr}\nconsole:\n{}", vm.console());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{mac}\nhello pod\n"), "stderr: {stderr}");
+    let (line, peer) = server.join().expect("server thread").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(line, "hello host\n");
+    assert_eq!(peer.ip().to_string(), "10.215.0.2", "the guest speaks with the pod's address");
+
+    vm.shutdown(Duration::from_secs(60)).expect("the VM powers off");
+    drop(spec);
+    // The tap was not persistent: it went with the VMM's descriptor.
+    let links = ip(&["-n", &ns.name, "-o", "link", "show"]).expect("links");
+    assert!(!links.contains(TAP_NAME), "the tap outlived the VM:\n{links}");
+}
