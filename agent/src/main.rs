@@ -10,6 +10,7 @@
 
 mod container;
 mod init;
+mod network;
 mod process;
 mod reaper;
 mod sandbox;

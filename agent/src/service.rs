@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, Empty, ExecProcessRequest, HealthRequest, HealthResponse,
-    ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RunProcessRequest,
+    ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest, Empty, ExecProcessRequest, HealthRequest,
+    HealthResponse, ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RunProcessRequest,
     RunProcessResponse, SetupSandboxRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest, StatsResponse,
     UpdateContainerRequest, WaitProcessResponse,
 };
@@ -185,6 +185,15 @@ impl AgentService for Agent {
             crate::sandbox::setup(&req, self.containers.shared_root())
                 .map(|()| Empty::new())
                 .map_err(|e| status(Code::FAILED_PRECONDITION, e))
+        })
+    }
+
+    fn configure_network(&self, _ctx: &TtrpcContext, req: ConfigureNetworkRequest) -> ttrpc::Result<Empty> {
+        guarded("ConfigureNetwork", || {
+            crate::network::configure(&req).map(|()| Empty::new()).map_err(|e| match e {
+                crate::network::NetworkError::Invalid(msg) => status(Code::INVALID_ARGUMENT, msg),
+                crate::network::NetworkError::Failed(msg) => status(Code::FAILED_PRECONDITION, msg),
+            })
         })
     }
 

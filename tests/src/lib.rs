@@ -179,3 +179,34 @@ pub fn vmm_processes_with(needle: &str) -> Vec<u32> {
         .map(|(pid, _)| pid)
         .collect()
 }
+
+/// What [`one_line_server`] yields: the line read and the peer.
+pub type OneLine = std::thread::JoinHandle<Result<(String, std::net::SocketAddr), String>>;
+
+/// A TCP server on `ip` (port chosen by the kernel) for one connection from
+/// a guest: it waits up to ten minutes (guest boots are slow here), reads a
+/// line, answers `reply`, and yields the line and the peer's address.
+pub fn one_line_server(ip: &str, reply: &'static [u8]) -> (u16, OneLine) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind on {ip}: {e}"));
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("{e}"));
+    listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
+    let server = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        let (stream, peer) = loop {
+            match listener.accept() {
+                Ok(accepted) => break accepted,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("no connection from the guest: {e}")),
+            }
+        };
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).map_err(|e| e.to_string())?;
+        (&stream).write_all(reply).map_err(|e| e.to_string())?;
+        Ok((line, peer))
+    });
+    (port, server)
+}

@@ -7,11 +7,10 @@
 //! Run with `scripts/test.sh` or
 //! `cargo test -p kata-like-tests --test pod_network -- --ignored`.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kata_like_protocol::agent::RunProcessRequest;
 use kata_like_runtime::network::{self, IpNet, TAP_NAME};
@@ -89,35 +88,27 @@ fn a_vm_on_the_pod_tap_talks_tcp_through_the_cni_veth() {
     let filters = String::from_utf8_lossy(&filters.stdout);
     assert!(filters.contains("mirred") && filters.contains(TAP_NAME), "eth0 ingress redirects to the tap:\n{filters}");
 
-    let listener = std::net::TcpListener::bind("10.215.0.1:0").expect("bind on the host end");
-    let port = listener.local_addr().expect("addr").port();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let server = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let (stream, peer) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(format!("no connection from the guest: {e}")),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).map_err(|e| e.to_string())?;
-        (&stream).write_all(b"hello pod\n").map_err(|e| e.to_string())?;
-        Ok((line, peer))
-    });
+    let (port, server) = test_infra::one_line_server("10.215.0.1", b"hello pod\n");
 
     let mut spec = artifacts.vm_spec();
     let mac = pod.interface.mac.clone();
+    let mtu = pod.interface.mtu;
+    let pod_request = pod.guest_request();
     spec.net = Some(NetDevice { tap: Arc::new(pod.tap), mac: mac.clone(), mtu: pod.interface.mtu });
     let vm = SandboxVm::start(&spec).expect("the VM boots on the pod's tap");
-    // The agent's interface RPC comes with the CRI work; busybox stands in.
+    // A NIC the guest does not have is named, and nothing breaks.
+    let mut wrong = pod_request.clone();
+    wrong.interfaces[0].mac = "02:00:00:00:00:99".into();
+    let err = vm.agent().call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, &wrong)).unwrap_err();
+    assert!(err.to_string().contains("no guest interface has MAC 02:00:00:00:00:99"), "{err}");
+    // The agent configures what attach() read from the namespace.
+    let request = pod_request;
+    vm.agent()
+        .call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, &request))
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console()));
     let script = format!(
-        "ip link set eth0 up && ip addr add 10.215.0.2/24 dev eth0 && ip route add default via 10.215.0.1 && \
-         cat /sys/class/net/eth0/address && echo hello host | busybox nc 10.215.0.1 {port}"
+        "ip -o -4 addr show dev eth0; ip route; cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; \
+         echo hello host | busybox nc 10.215.0.1 {port}"
     );
     let mut req = RunProcessRequest::new();
     req.args = vec!["sh".into(), "-c".into(), script];
@@ -125,7 +116,10 @@ fn a_vm_on_the_pod_tap_talks_tcp_through_the_cni_veth() {
     let out = vm.agent().run_process(&req).unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console()));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!((out.exit_code, out.timed_out), (0, false), "stderr: {stderr}\nconsole:\n{}", vm.console());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{mac}\nhello pod\n"), "stderr: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("inet 10.215.0.2/24"), "{stdout}");
+    assert!(stdout.contains("default via 10.215.0.1 dev eth0"), "{stdout}");
+    assert!(stdout.ends_with(&format!("{mac}\n{mtu}\nhello pod\n")), "stdout: {stdout}\nstderr: {stderr}");
     let (line, peer) = server.join().expect("server thread").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(line, "hello host\n");
     assert_eq!(peer.ip().to_string(), "10.215.0.2", "the guest speaks with the pod's address");

@@ -226,7 +226,6 @@ impl Drop for HostTap {
 #[test]
 #[ignore = "boots a microVM; run with scripts/test.sh or `-- --ignored`"]
 fn virtio_net_carries_tcp_between_guest_and_host() {
-    use std::io::{BufRead, BufReader, Write};
     const TEST: &str = "virtio_net_carries_tcp_between_guest_and_host";
     let Some(artifacts) = vm_test(TEST) else { return };
     let name = format!("klnet{}", std::process::id() % 100_000);
@@ -234,26 +233,7 @@ fn virtio_net_carries_tcp_between_guest_and_host() {
         Ok(tap) => tap,
         Err(e) => return test_infra::skip(TEST, &format!("cannot create a host tap: {e}")),
     };
-    let listener = std::net::TcpListener::bind("10.213.0.1:0").expect("bind on the tap's address");
-    let port = listener.local_addr().expect("addr").port();
-    listener.set_nonblocking(true).expect("nonblocking");
-    let server = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let (stream, peer) = loop {
-            match listener.accept() {
-                Ok(accepted) => break accepted,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(format!("no connection from the guest: {e}")),
-            }
-        };
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).map_err(|e| e.to_string())?;
-        (&stream).write_all(b"hello guest\n").map_err(|e| e.to_string())?;
-        Ok((line, peer))
-    });
+    let (port, server) = test_infra::one_line_server("10.213.0.1", b"hello guest\n");
 
     let mut spec = artifacts.vm_spec();
     spec.vmm_args = strings(&["--net", &format!("tap={name},mac=02:00:0a:d5:00:02,mtu=1400")]);

@@ -28,6 +28,37 @@ use std::os::fd::OwnedFd;
 
 pub use attach::attach;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_request_carries_the_interface_and_orders_routes() {
+        let net = |s: &str, p| IpNet { addr: s.parse().expect("ip"), prefix: p };
+        let pod = PodNetwork {
+            tap: std::fs::File::open("/dev/null").expect("fd").into(),
+            interface: Interface {
+                name: "eth0".into(),
+                mac: "02:42:0a:d7:00:02".into(),
+                mtu: 1450,
+                addresses: vec![net("10.215.0.2", 24)],
+            },
+            routes: vec![
+                Route { dest: None, gateway: "10.215.0.1".parse().ok(), source: None },
+                Route { dest: Some(net("10.215.0.0", 24)), gateway: None, source: "10.215.0.2".parse().ok() },
+            ],
+        };
+        let req = pod.guest_request();
+        let iface = &req.interfaces[0];
+        assert_eq!((iface.mac.as_str(), iface.name.as_str(), iface.mtu), ("02:42:0a:d7:00:02", "eth0", 1450));
+        assert_eq!((iface.addresses[0].address.as_str(), iface.addresses[0].prefix), ("10.215.0.2", 24));
+        assert_eq!(req.routes[0].dest.address, "10.215.0.0", "the connected route comes first");
+        assert_eq!(req.routes[0].source, "10.215.0.2");
+        assert!(req.routes[1].dest.is_none());
+        assert_eq!((req.routes[1].gateway.as_str(), req.routes[1].device.as_str()), ("10.215.0.1", "eth0"));
+    }
+}
+
 /// Name of the tap we create in the pod's namespace.
 pub const TAP_NAME: &str = "tap0_kl";
 
@@ -81,6 +112,42 @@ pub struct PodNetwork {
     pub interface: Interface,
     /// Its routes, most specific first as the kernel listed them.
     pub routes: Vec<Route>,
+}
+
+impl PodNetwork {
+    /// The agent request that gives the guest this network: the interface
+    /// (found by MAC) with its name, MTU and addresses, then its routes,
+    /// directly connected ones first so every gateway is reachable.
+    pub fn guest_request(&self) -> kata_like_protocol::agent::ConfigureNetworkRequest {
+        use kata_like_protocol::agent::{ConfigureNetworkRequest, IpNet as PbNet, NetInterface, NetRoute};
+        let pb = |net: &IpNet| {
+            let mut n = PbNet::new();
+            n.address = net.addr.to_string();
+            n.prefix = u32::from(net.prefix);
+            n
+        };
+        let mut iface = NetInterface::new();
+        iface.mac = self.interface.mac.clone();
+        iface.name = self.interface.name.clone();
+        iface.mtu = self.interface.mtu;
+        iface.addresses = self.interface.addresses.iter().map(pb).collect();
+        let mut routes: Vec<&Route> = self.routes.iter().collect();
+        routes.sort_by_key(|r| r.gateway.is_some());
+        let mut req = ConfigureNetworkRequest::new();
+        req.interfaces = vec![iface];
+        req.routes = routes
+            .into_iter()
+            .map(|r| {
+                let mut route = NetRoute::new();
+                route.dest = r.dest.as_ref().map(pb).into();
+                route.gateway = r.gateway.map(|g| g.to_string()).unwrap_or_default();
+                route.source = r.source.map(|s| s.to_string()).unwrap_or_default();
+                route.device = self.interface.name.clone();
+                route
+            })
+            .collect();
+        req
+    }
 }
 
 /// Errors setting up pod networking; each names the step.

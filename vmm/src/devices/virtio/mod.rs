@@ -16,7 +16,7 @@ pub mod mmio;
 pub mod net;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -111,6 +111,27 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and forgets its queues (driver wrote status 0).
     fn reset(&mut self);
+}
+
+/// Event counters of a device (all monotonically increasing), logged as
+/// `name=value` pairs when the VMM exits.
+pub trait Counters {
+    /// Adds one to `counter`.
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to `counter`.
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `name=value` pairs separated by spaces.
+    fn render(pairs: &[(&str, &AtomicU64)]) -> String {
+        let parts: Vec<String> =
+            pairs.iter().map(|(name, c)| format!("{name}={}", c.load(Ordering::Relaxed))).collect();
+        parts.join(" ")
+    }
 }
 
 /// Copies `src[offset..]` into `data` for a config-space read, leaving bytes

@@ -1,6 +1,7 @@
 //! The virtio-fs device: guest-facing registers here, file system work in
 //! virtiofsd, connected over vhost-user with the `vhost` crate's frontend.
 
+use crate::devices::virtio::Counters;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! Wires a virtio-fs device into the VMM thread's event loop: virtiofsd's
 //! per-queue call eventfds become the device's virtio-mmio interrupt.
 
+use crate::devices::virtio::Counters;
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};

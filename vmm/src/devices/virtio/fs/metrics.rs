@@ -1,6 +1,8 @@
 //! Counters of a virtio-fs device, logged when the VMM exits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use crate::devices::virtio::Counters;
 
 /// Event counters; all monotonically increasing.
 #[derive(Debug, Default)]
@@ -13,20 +15,15 @@ pub struct FsMetrics {
     pub backend_errors: AtomicU64,
 }
 
-impl FsMetrics {
-    /// Adds one to `counter`.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+impl Counters for FsMetrics {}
 
+impl FsMetrics {
     /// All counters as `name=value` pairs, for logs.
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "interrupts={} activations={} backend_errors={}",
-            get(&self.interrupts),
-            get(&self.activations),
-            get(&self.backend_errors)
-        )
+        Self::render(&[
+            ("interrupts", &self.interrupts),
+            ("activations", &self.activations),
+            ("backend_errors", &self.backend_errors),
+        ])
     }
 }

@@ -7,6 +7,7 @@
 //! out of bounds is returned to the guest unused and counted, never a VMM
 //! error.
 
+use crate::devices::virtio::Counters;
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::sync::Arc;

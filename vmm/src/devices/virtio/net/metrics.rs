@@ -1,6 +1,8 @@
 //! Counters of the virtio-net device, logged when the VMM exits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use crate::devices::virtio::Counters;
 
 /// Event counters; all monotonically increasing.
 #[derive(Debug, Default)]
@@ -25,30 +27,20 @@ pub struct NetMetrics {
     pub tap_errors: AtomicU64,
 }
 
+impl Counters for NetMetrics {}
+
 impl NetMetrics {
-    /// Adds one to `counter`.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// All counters as `name=value` pairs, for logs.
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "rx_frames={} rx_bytes={} rx_dropped={} tx_frames={} tx_bytes={} tx_dropped={} bad_descriptors={} tap_errors={}",
-            get(&self.rx_frames),
-            get(&self.rx_bytes),
-            get(&self.rx_dropped),
-            get(&self.tx_frames),
-            get(&self.tx_bytes),
-            get(&self.tx_dropped),
-            get(&self.bad_descriptors),
-            get(&self.tap_errors),
-        )
+        Self::render(&[
+            ("rx_frames", &self.rx_frames),
+            ("rx_bytes", &self.rx_bytes),
+            ("rx_dropped", &self.rx_dropped),
+            ("tx_frames", &self.tx_frames),
+            ("tx_bytes", &self.tx_bytes),
+            ("tx_dropped", &self.tx_dropped),
+            ("bad_descriptors", &self.bad_descriptors),
+            ("tap_errors", &self.tap_errors),
+        ])
     }
 }

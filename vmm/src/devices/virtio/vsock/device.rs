@@ -5,6 +5,7 @@
 //! `VsockPacket` checks directions, lengths and bounds; a chain it rejects is
 //! returned to the guest unused and counted, never a VMM error.
 
+use crate::devices::virtio::Counters;
 use std::path::Path;
 use std::sync::Arc;
 

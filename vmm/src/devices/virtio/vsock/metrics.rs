@@ -1,6 +1,8 @@
 //! Counters of the vsock device, logged when the VMM exits.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+
+use crate::devices::virtio::Counters;
 
 /// Event counters; all monotonically increasing.
 #[derive(Debug, Default)]
@@ -28,32 +30,22 @@ pub struct VsockMetrics {
     pub protocol_errors: AtomicU64,
 }
 
+impl Counters for VsockMetrics {}
+
 impl VsockMetrics {
-    /// Adds one to `counter`.
-    pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Adds `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     /// All counters as `name=value` pairs, for logs.
     pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "tx_packets={} tx_bytes={} rx_packets={} rx_bytes={} conns_added={} conns_removed={} conns_refused={} rst_sent={} bad_descriptors={} protocol_errors={}",
-            get(&self.tx_packets),
-            get(&self.tx_bytes),
-            get(&self.rx_packets),
-            get(&self.rx_bytes),
-            get(&self.conns_added),
-            get(&self.conns_removed),
-            get(&self.conns_refused),
-            get(&self.rst_sent),
-            get(&self.bad_descriptors),
-            get(&self.protocol_errors),
-        )
+        Self::render(&[
+            ("tx_packets", &self.tx_packets),
+            ("tx_bytes", &self.tx_bytes),
+            ("rx_packets", &self.rx_packets),
+            ("rx_bytes", &self.rx_bytes),
+            ("conns_added", &self.conns_added),
+            ("conns_removed", &self.conns_removed),
+            ("conns_refused", &self.conns_refused),
+            ("rst_sent", &self.rst_sent),
+            ("bad_descriptors", &self.bad_descriptors),
+            ("protocol_errors", &self.protocol_errors),
+        ])
     }
 }

@@ -9,6 +9,7 @@
 //!
 //! Firecracker's muxer is the model; it is not published as a crate.
 
+use crate::devices::virtio::Counters;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
