@@ -111,6 +111,7 @@ fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
         }
         "WaitProcess" | "CloseStdin" => Ok(checked::<ProcessRequest>(handler)),
         "GetOomEvent" => Ok(checked::<Empty>(handler)),
+        "ConfigureNetwork" => Ok(checked::<ConfigureNetworkRequest>(handler)),
         _ => Err(handler),
     }
 }
