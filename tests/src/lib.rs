@@ -173,11 +173,26 @@ pub fn mounts_under(prefix: &str) -> Vec<String> {
 
 /// kata-like-vmm processes still running whose command line mentions `needle`.
 pub fn vmm_processes_with(needle: &str) -> Vec<u32> {
+    processes_with(&["kata-like-vmm", needle])
+}
+
+/// PIDs of processes whose command line contains every one of `needles`.
+pub fn processes_with(needles: &[&str]) -> Vec<u32> {
     processes()
         .into_iter()
-        .filter(|(_, cmdline)| cmdline.contains("kata-like-vmm") && cmdline.contains(needle))
+        .filter(|(_, cmdline)| needles.iter().all(|n| cmdline.contains(n)))
         .map(|(pid, _)| pid)
         .collect()
+}
+
+/// Runs `ip ARGS`: its stdout, or an error naming the command and stderr.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 /// What [`one_line_server`] yields: the line read and the peer.

@@ -15,16 +15,7 @@ use std::time::Duration;
 use kata_like_protocol::agent::RunProcessRequest;
 use kata_like_runtime::network::{self, IpNet, TAP_NAME};
 use kata_like_runtime::sandbox::{NetDevice, SandboxVm};
-use test_infra::{skip, vm_test};
-
-fn ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
+use test_infra::{ip, skip, vm_test};
 
 /// A named network namespace with a veth into it, removed on drop.
 struct PodNetns {

@@ -201,14 +201,7 @@ struct HostTap(String);
 
 impl HostTap {
     fn create(name: &str, cidr: &str) -> Result<HostTap, String> {
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-            }
-        };
+        use test_infra::ip;
         ip(&["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"])?;
         let tap = HostTap(name.to_string());
         ip(&["addr", "add", cidr, "dev", name])?;
@@ -219,7 +212,7 @@ impl HostTap {
 
 impl Drop for HostTap {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        let _ = test_infra::ip(&["link", "del", &self.0]);
     }
 }
 

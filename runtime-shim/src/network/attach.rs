@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use futures_util::TryStreamExt;
-use kata_like_vmm::devices::virtio::net::Tap;
+use kata_like_vmm::devices::virtio::net::{format_mac, Tap};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
@@ -59,10 +59,6 @@ fn link_name(link: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-fn mac_text(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 /// The interface the guest takes over: the first one that is neither
 /// loopback nor our tap.
 fn pod_link(links: &[LinkMessage]) -> Option<&LinkMessage> {
@@ -83,7 +79,7 @@ async fn attach_here(netns: &str) -> Result<PodNetwork, NetworkError> {
     let mac = pod
         .attributes
         .iter()
-        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(mac_text(m)) } else { None })
+        .find_map(|a| if let LinkAttribute::Address(m) = a { Some(format_mac(m)) } else { None })
         .ok_or_else(|| NetworkError::Other(format!("{name} has no MAC address")))?;
     let mtu =
         pod.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }).unwrap_or(1500);
@@ -213,11 +209,6 @@ fn pod_route(m: &RouteMessage, index: u32) -> Option<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn macs_are_printed_like_ip_link() {
-        assert_eq!(mac_text(&[0x02, 0x42, 0xac, 0x11, 0, 0x0f]), "02:42:ac:11:00:0f");
-    }
 
     #[test]
     fn a_missing_namespace_is_named() {

@@ -83,10 +83,9 @@ fn lines_for(bytes: u64) -> u64 {
 /// Resident KiB (VmRSS) of the processes whose command line contains all
 /// of `needles`, summed.
 fn rss_kib(needles: &[&str]) -> u64 {
-    test_infra::processes()
+    test_infra::processes_with(needles)
         .into_iter()
-        .filter(|(_, cmd)| needles.iter().all(|n| cmd.contains(n)))
-        .filter_map(|(pid, _)| {
+        .filter_map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
             line.split_whitespace().nth(1)?.parse::<u64>().ok()

@@ -98,8 +98,7 @@ impl Net {
             return Err(NetError::BadMtu(mtu));
         }
         if mac[0] & 1 != 0 {
-            let text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-            return Err(NetError::MulticastMac(text.join(":")));
+            return Err(NetError::MulticastMac(super::format_mac(&mac)));
         }
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&mac);
@@ -318,7 +317,7 @@ impl VirtioDevice for Net {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {
         // With VERSION_1 the MAC is read-only (virtio 1.2, 5.1.4.2).
-        M::inc(&self.metrics.bad_descriptors);
+        M::inc(&self.metrics.config_writes);
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

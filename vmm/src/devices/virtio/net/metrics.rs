@@ -25,6 +25,8 @@ pub struct NetMetrics {
     pub bad_descriptors: AtomicU64,
     /// Unexpected tap read errors.
     pub tap_errors: AtomicU64,
+    /// Driver writes to the read-only configuration space, ignored.
+    pub config_writes: AtomicU64,
 }
 
 impl Counters for NetMetrics {}
@@ -41,6 +43,7 @@ impl NetMetrics {
             ("tx_dropped", &self.tx_dropped),
             ("bad_descriptors", &self.bad_descriptors),
             ("tap_errors", &self.tap_errors),
+            ("config_writes", &self.config_writes),
         ])
     }
 }

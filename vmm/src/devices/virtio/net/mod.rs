@@ -61,6 +61,11 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff` (the inverse of [`parse_mac`]).
+pub fn format_mac(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +78,6 @@ mod tests {
         {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
+        assert_eq!(format_mac(&[0x02, 0x42, 0xac, 0x11, 0, 0x0f]), "02:42:ac:11:00:0f");
     }
 }
