@@ -35,6 +35,9 @@ cargo test --release -p kata-like-tests --test standalone -- --ignored --test-th
 say "containerd shim v2 through a private containerd and ctr"
 cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
 
+say "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)"
+cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1
+
 if [ -s "$KATA_LIKE_TEST_REPORT" ]; then
     say "skipped tests:"
     cat "$KATA_LIKE_TEST_REPORT" >&2

@@ -9,6 +9,7 @@
 //! doing any init work, for tests on the host.
 
 mod container;
+mod forward;
 mod init;
 mod network;
 mod process;
@@ -16,11 +17,12 @@ mod reaper;
 mod sandbox;
 mod service;
 mod shutdown;
+mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kata_like_protocol::{AGENT_VSOCK_PORT, IO_VSOCK_PORT};
+use kata_like_protocol::{AGENT_VSOCK_PORT, FORWARD_VSOCK_PORT, IO_VSOCK_PORT};
 
 use crate::reaper::Reaper;
 
@@ -92,6 +94,12 @@ fn main() {
     match io_listener {
         Ok(fd) => io.serve(fd),
         Err(e) => tracing::error!(error = %e, "cannot listen for stdio streams; containers cannot start"),
+    }
+    if is_init {
+        match container::stdio::listen(Some(FORWARD_VSOCK_PORT), None) {
+            Ok(fd) => forward::serve(fd),
+            Err(e) => tracing::error!(error = %e, "cannot listen for port forwards"),
+        }
     }
     let env_path = |key: &str, default: &str| std::env::var_os(key).map(Into::into).unwrap_or_else(|| default.into());
     let containers = Arc::new(container::Containers::new(

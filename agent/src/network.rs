@@ -160,6 +160,29 @@ pub enum NetworkError {
     Failed(String),
 }
 
+/// Sets the loopback interface up: the guest kernel leaves it down, and a
+/// pod's containers talk to each other over it.
+pub fn loopback_up() -> Result<(), String> {
+    let mut nl = Netlink::open()?;
+    let links = nl
+        .request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)
+        .map_err(|errno| format!("listing links: {}", std::io::Error::from_raw_os_error(errno)))?;
+    let lo = links
+        .iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.attributes.contains(&LinkAttribute::IfName("lo".into())) => {
+                Some(l.header.index)
+            }
+            _ => None,
+        })
+        .ok_or("no loopback interface")?;
+    let mut up = LinkMessage::default();
+    up.header.index = lo;
+    up.header.flags = LinkFlags::Up;
+    up.header.change_mask = LinkFlags::Up;
+    nl.change("setting lo up", RouteNetlinkMessage::SetLink(up), 0)
+}
+
 /// Applies a ConfigureNetwork request.
 pub fn configure(req: &ConfigureNetworkRequest) -> Result<(), NetworkError> {
     validate(req).map_err(NetworkError::Invalid)?;

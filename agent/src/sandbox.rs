@@ -8,7 +8,7 @@ use std::path::Path;
 use kata_like_protocol::agent::SetupSandboxRequest;
 
 /// Where the shared file system (containers' rootfs) is mounted.
-pub const SHARED_MOUNT: &str = "/run/kata-like/shared";
+pub const SHARED_MOUNT: &str = kata_like_protocol::GUEST_SHARED_MOUNT;
 
 /// Credits `entropy` to the kernel's pool (RNDADDENTROPY).
 fn add_entropy(entropy: &[u8]) -> Result<(), String> {
@@ -46,6 +46,9 @@ pub fn setup(req: &SetupSandboxRequest, shared_root: &Path) -> Result<(), String
             (req.realtime_ns % 1_000_000_000) as i64,
         );
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(|e| format!("set the clock: {e}"))?;
+    }
+    if let Err(e) = crate::network::loopback_up() {
+        tracing::warn!(error = %e, "loopback stays down");
     }
     if !req.hostname.is_empty() {
         nix::unistd::sethostname(&req.hostname).map_err(|e| format!("hostname {:?}: {e}", req.hostname))?;

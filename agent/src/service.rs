@@ -201,6 +201,7 @@ impl AgentService for Agent {
     fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<ProcessResponse> {
         guarded("CreateContainer", || {
             let stdio = req.stdio.clone().unwrap_or_default();
+            crate::storage::ensure(&req.storages).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
             self.containers
                 .create(&req.container_id, &req.spec_json, &req.rootfs, &stdio)
                 .map(pid_response)

@@ -41,6 +41,15 @@ pub struct RuntimeConfig {
     pub rpc_timeout_secs: u64,
     /// Where per-sandbox state (sockets, logs, the shared directory) lives.
     pub state_root: PathBuf,
+    /// MiB added to a pod's memory limit for the guest kernel and agent,
+    /// when containerd passes the pod's resources (containerd ≥ 1.7).
+    pub memory_overhead_mib: u32,
+    /// Largest VM a pod may ask for.
+    pub max_memory_mib: u32,
+    /// See `max_memory_mib`.
+    pub max_vcpus: u8,
+    /// `io.kata-like.vm.*` annotations pods may use to size their VM.
+    pub enable_annotations: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -58,6 +67,10 @@ impl Default for RuntimeConfig {
             boot_timeout_secs: 180,
             rpc_timeout_secs: 60,
             state_root: PathBuf::from("/run/kata-like"),
+            memory_overhead_mib: 128,
+            max_memory_mib: 16384,
+            max_vcpus: 16,
+            enable_annotations: Vec::new(),
         }
     }
 }
@@ -108,6 +121,17 @@ impl RuntimeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.vcpus == 0 || self.vcpus > 32 {
             return Err(format!("vcpus must be 1..=32, got {}", self.vcpus));
+        }
+        if self.max_vcpus == 0 || self.max_vcpus > 32 || self.max_memory_mib < self.memory_mib {
+            return Err(format!(
+                "max_vcpus must be 1..=32 and max_memory_mib at least memory_mib, got {} and {}",
+                self.max_vcpus, self.max_memory_mib
+            ));
+        }
+        for a in &self.enable_annotations {
+            if a != crate::shim::pod::VM_MEMORY_ANNOTATION && a != crate::shim::pod::VM_VCPUS_ANNOTATION {
+                return Err(format!("enable_annotations: unknown annotation {a:?}"));
+            }
         }
         if self.memory_mib < 64 {
             return Err(format!("memory_mib must be at least 64, got {}", self.memory_mib));

@@ -33,8 +33,24 @@ pub struct SharedFs {
 /// How long virtiofsd may take to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest Unix socket path (`sun_path` holds 108 bytes with the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// Refuses a socket path the kernel cannot bind.
+pub fn check_socket_path(socket: &Path) -> Result<(), String> {
+    let len = socket.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(format!(
+            "socket path {} is {len} bytes; Unix sockets allow {MAX_SOCKET_PATH} (use a shorter state_root)",
+            socket.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Starts virtiofsd on `socket`, logging to `log`, and waits for its socket.
 pub fn start(fs: &SharedFs, socket: &Path, log: &Path) -> Result<Child, String> {
+    check_socket_path(socket)?;
     if !fs.virtiofsd.exists() {
         return Err(format!(
             "virtiofsd {} does not exist (scripts/setup.sh installs it; or set virtiofsd in the config)",

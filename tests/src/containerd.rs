@@ -49,6 +49,19 @@ impl Containerd {
     /// find our binaries through PATH (target/release first) and use a
     /// runtime config whose state root is private to this instance.
     pub fn start() -> Result<Containerd, String> {
+        Self::start_with(None)
+    }
+
+    /// [`Containerd::start`] with its CRI plugin set up for pods: CNI
+    /// configs from `cni_conf_dir` (plugins from Debian's
+    /// containernetworking-plugins), the test image as the sandbox image
+    /// (imported into CRI's `k8s.io` namespace as well), a streaming server
+    /// on 127.0.0.1, and `io.kata-like.*` pod annotations passed to us.
+    pub fn start_cri(cni_conf_dir: &Path) -> Result<Containerd, String> {
+        Self::start_with(Some(cni_conf_dir))
+    }
+
+    fn start_with(cni_conf_dir: Option<&Path>) -> Result<Containerd, String> {
         let dir = tempfile::Builder::new().prefix("kl-containerd-").tempdir().map_err(|e| e.to_string())?;
         let d = dir.path();
         let socket = d.join("containerd.sock");
@@ -65,17 +78,22 @@ impl Containerd {
             ),
         )
         .map_err(|e| e.to_string())?;
+        let bad_config = d.join("bad-config.toml");
+        std::fs::write(&bad_config, "memory_mib = 128\nno_such_option = true\n").map_err(|e| e.to_string())?;
         let config = d.join("config.toml");
         std::fs::write(
             &config,
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_cgroup = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{IMAGE}\"\n\
+                   stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n",
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n\
+                   pod_annotations = [\"io.kata-like.*\"]\n{cri}",
                 root = d.join("root").display(),
                 state = d.join("state").display(),
-                sock = socket.display()
+                sock = socket.display(),
+                cri = cni_conf_dir.map(|c| cri_section(c, &bad_config)).unwrap_or_default(),
             ),
         )
         .map_err(|e| e.to_string())?;
@@ -100,10 +118,13 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        let tar = image_tar();
-        let import = c.ctr(&["image", "import", &tar.display().to_string()]).map_err(|e| e.to_string())?;
-        if !import.status.success() {
-            return Err(format!("image import: {}", String::from_utf8_lossy(&import.stderr)));
+        let tar = image_tar().display().to_string();
+        let namespaces: &[&str] = if cni_conf_dir.is_some() { &["default", CRI_NAMESPACE] } else { &["default"] };
+        for ns in namespaces {
+            let import = c.ctr(&["-n", ns, "image", "import", &tar]).map_err(|e| e.to_string())?;
+            if !import.status.success() {
+                return Err(format!("image import into {ns}: {}", String::from_utf8_lossy(&import.stderr)));
+            }
         }
         Ok(c)
     }
@@ -220,6 +241,24 @@ impl Drop for Containerd {
             let _ = nix_umount(t);
         }
     }
+}
+
+/// The containerd namespace of CRI's containers and images.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// A CRI runtime handler whose kata-like config has an unknown option.
+pub const BAD_CONFIG_HANDLER: &str = "kata-like-bad-config";
+
+/// The CRI plugin's settings for pods (see [`Containerd::start_cri`]),
+/// with [`BAD_CONFIG_HANDLER`] using the config at `bad_config`.
+fn cri_section(cni_conf_dir: &Path, bad_config: &Path) -> String {
+    format!(
+        "[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{conf}\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{BAD_CONFIG_HANDLER}]\n  runtime_type = \"{RUNTIME}\"\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{BAD_CONFIG_HANDLER}.options]\n  ConfigPath = \"{bad}\"\n",
+        conf = cni_conf_dir.display(),
+        bad = bad_config.display()
+    )
 }
 
 fn nix_umount(target: &str) -> std::io::Result<()> {

@@ -15,7 +15,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod bench;
 pub mod containerd;
+pub mod cri;
 
 use kata_like_runtime::artifacts;
 use kata_like_runtime::sandbox::VmSpec;

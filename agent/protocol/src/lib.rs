@@ -71,8 +71,21 @@ pub mod agent_ttrpc {
 /// The vsock port the agent's ttrpc server listens on in the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Where the agent mounts the sandbox's shared file system (virtio-fs): the
+/// shim names container rootfs and shared volumes by paths below it.
+pub const GUEST_SHARED_MOUNT: &str = "/run/kata-like/shared";
+
+/// Below this, guest-local storages (tmpfs) are mounted for a pod.
+pub const GUEST_EPHEMERAL_ROOT: &str = "/run/kata-like/ephemeral";
+
 /// The vsock port of the agent's stdio streams (see `Stdio` in the proto).
 pub const IO_VSOCK_PORT: u32 = 1025;
+
+/// The vsock port of the agent's port forwarder: a connection's first line
+/// is `<tcp port>\n`; the agent connects to that port on the guest's
+/// 127.0.0.1, answers `OK\n` (or `ERR <reason>\n` and closes) and then
+/// relays bytes both ways. This is how `kubectl port-forward` reaches a pod.
+pub const FORWARD_VSOCK_PORT: u32 = 1026;
 
 /// exec_id of a container's init process.
 pub const INIT_EXEC_ID: &str = "init";

@@ -118,7 +118,10 @@ async fn attach_here(netns: &str) -> Result<PodNetwork, NetworkError> {
             .map_err(netlink(format!("redirecting {from_name} ingress")))?;
     }
     log::info!("pod network {netns}: {name} ({mac}, MTU {mtu}) ⇄ {TAP_NAME}");
-    Ok(PodNetwork { tap: tap.into_fd(), interface: Interface { name, mac, mtu, addresses }, routes })
+    let forward = super::forward::listen_here()
+        .inspect_err(|e| log::warn!("pod network {netns}: port-forward is unavailable: {e}"))
+        .ok();
+    Ok(PodNetwork { tap: tap.into_fd(), interface: Interface { name, mac, mtu, addresses }, routes, forward })
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {

@@ -20,8 +20,10 @@
 //! CNI deletes it, so a crashed sandbox leaves no network state behind.
 //!
 //! * [`attach`]: the namespace work (netns thread, netlink).
+//! * [`forward`]: `kubectl port-forward` into the guest.
 
 pub mod attach;
+pub mod forward;
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -47,6 +49,7 @@ mod tests {
                 Route { dest: None, gateway: "10.215.0.1".parse().ok(), source: None },
                 Route { dest: Some(net("10.215.0.0", 24)), gateway: None, source: "10.215.0.2".parse().ok() },
             ],
+            forward: None,
         };
         let req = pod.guest_request();
         let iface = &req.interfaces[0];
@@ -112,6 +115,9 @@ pub struct PodNetwork {
     pub interface: Interface,
     /// Its routes, most specific first as the kernel listed them.
     pub routes: Vec<Route>,
+    /// The namespace's port-forward listener ([`forward`]), if it could be
+    /// set up.
+    pub forward: Option<std::net::TcpListener>,
 }
 
 impl PodNetwork {

@@ -7,13 +7,17 @@
 //! * [`io`]: stdio between containerd's FIFOs and the guest.
 //! * [`rootfs`]: rootfs mounts and the directory shared over virtio-fs.
 //! * [`options`]: containerd's runtime options (`ConfigPath`).
+//! * [`pod`]: CRI pods (sandbox container, namespaces, VM size).
+//! * [`volumes`]: the spec's host bind mounts, shared into the guest.
 
 pub mod io;
 pub mod metrics;
 pub mod options;
+pub mod pod;
 pub mod rootfs;
 pub mod sandbox;
 pub mod service;
+pub mod volumes;
 
 use std::sync::Arc;
 

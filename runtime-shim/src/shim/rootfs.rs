@@ -16,22 +16,91 @@ pub fn make_shared_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("make {} shared: {e}", dir.display()))
 }
 
-/// Unmounts everything at and below `dir` (lazily) and removes it.
-pub fn remove_dir_mounts(dir: &Path) {
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = field.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match (bytes[i], code) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .filter_map(|l| l.split(' ').nth(4).map(unescape_mountinfo))
         .filter(|t| t == &prefix || t.starts_with(&format!("{prefix}/")))
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-    for t in targets {
+    targets
+}
+
+/// Whether `path` is the root of a mount (statx STATX_ATTR_MOUNT_ROOT, which
+/// also sees binds within one file system).
+fn is_mount_root(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    // SAFETY: an all-zero statx is a valid value for the kernel to fill.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `stx` a writable statx,
+    // both alive for the call.
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, 0, &mut stx) };
+    // Unknown (error): treat as a mount, so we never delete through it.
+    r != 0 || stx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+}
+
+/// Removes the tree at `dir` without ever crossing into a mount: shared
+/// directories hold binds of host data (hostPath volumes, rootfs), and a
+/// bind whose unmount failed must keep its contents. What cannot be
+/// removed is left and logged.
+pub fn remove_tree(dir: &Path) {
+    fn walk(path: &Path) {
+        if is_mount_root(path) {
+            log::warn!("left {}: still a mount point", path.display());
+            return;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path());
+            }
+            if let Err(e) = std::fs::remove_dir(path) {
+                log::warn!("remove {}: {e}", path.display());
+            }
+        } else if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("remove {}: {e}", path.display());
+        }
+    }
+    if is_mount_root(dir) {
+        log::warn!("left {}: still mounted", dir.display());
+        return;
+    }
+    walk(dir);
+}
+
+/// Unmounts everything at and below `dir` (lazily) and removes it.
+pub fn remove_dir_mounts(dir: &Path) {
+    for t in mounts_under(dir) {
         if let Err(e) = umount2(t.as_str(), MntFlags::MNT_DETACH) {
             log::warn!("umount {t}: {e}");
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
+    remove_tree(dir);
 }
 
 /// Mounts containerd's rootfs mounts on `bundle/rootfs` (as runc's shim
@@ -72,5 +141,39 @@ pub fn unshare_rootfs(shared: &Path, id: &str, bundle: &Path, mounted_bundle: bo
         if let Err(e) = umount2(&target, MntFlags::MNT_DETACH) {
             log::warn!("umount {}: {e}", target.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\011c\\134d"), "/a b\tc\\d");
+        assert_eq!(unescape_mountinfo("/plain\\"), "/plain\\");
+    }
+
+    #[test]
+    fn removing_a_tree_never_deletes_through_a_bind() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: bind mounts need root");
+            return;
+        }
+        let host = tempfile::tempdir().expect("tmp");
+        std::fs::write(host.path().join("precious"), "data").expect("write");
+        let tree = tempfile::tempdir().expect("tmp");
+        let target = tree.path().join("c1/mounts/0");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        std::fs::write(tree.path().join("c1/file"), "x").expect("write");
+        mount(Some(host.path()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+        // As if its unmount had failed: the bind is still there.
+        remove_tree(&tree.path().join("c1"));
+        let kept = std::fs::read_to_string(host.path().join("precious"));
+        let _ = umount2(&target, MntFlags::MNT_DETACH);
+        assert_eq!(kept.expect("host data survives"), "data");
+        assert!(!tree.path().join("c1/file").exists(), "the rest was removed");
+        remove_dir_mounts(&tree.path().join("c1"));
+        assert!(!tree.path().join("c1").exists());
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kata_like_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, ProcessRequest, SetupSandboxRequest, WaitProcessResponse,
+    ContainerRequest, CreateContainerRequest, ProcessRequest, SetupSandboxRequest, Storage, WaitProcessResponse,
 };
 use kata_like_protocol::{AgentClient, INIT_EXEC_ID};
 
@@ -16,7 +16,7 @@ use super::io::{ProcessIo, StdioPaths};
 use super::rootfs;
 use super::service::agent_message;
 use crate::config::RuntimeConfig;
-use crate::sandbox::{SandboxVm, VmSpec};
+use crate::sandbox::{NetDevice, SandboxVm, VmSpec};
 use crate::virtiofsd::SharedFs;
 
 /// The virtio-fs tag of the shared directory.
@@ -31,6 +31,36 @@ pub struct Sandbox {
     state: PathBuf,
     shared: PathBuf,
     rpc_timeout: std::time::Duration,
+    /// The pod NIC's tap (kept until the sandbox is destroyed).
+    network: Mutex<Option<NetDevice>>,
+}
+
+/// How a sandbox's VM differs from the runtime config's defaults.
+#[derive(Debug, Default)]
+pub struct BootOptions {
+    /// vCPUs (default: the config's).
+    pub vcpus: Option<u8>,
+    /// Memory in MiB (default: the config's).
+    pub memory_mib: Option<u32>,
+    /// The pod's network, given to the guest as a virtio-net NIC.
+    pub network: Option<crate::network::PodNetwork>,
+    /// The SetupSandbox request to send (hostname); entropy, clock and
+    /// shared file system are filled in here.
+    pub setup: SetupSandboxRequest,
+}
+
+/// The state directory's name for sandbox `id`: the id, or for long ids
+/// (CRI's are 64 hex digits) a prefix and a hash of it, so the sockets in it
+/// stay within the Unix socket path limit.
+fn state_dir_name(id: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    if id.len() <= 32 {
+        return id.to_string();
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    let prefix: String = id.chars().take(12).collect();
+    format!("{prefix}-{:016x}", h.finish())
 }
 
 /// A marker file so `delete_shim` knows which state directory is ours.
@@ -48,7 +78,8 @@ impl Sandbox {
     /// Prepares the state directory `<state_root>/<id>` and its shared
     /// directory (the caller then binds the first rootfs into it).
     pub fn prepare(config: &RuntimeConfig, id: &str) -> Result<(PathBuf, PathBuf), String> {
-        let state = config.state_root.join(id);
+        let state = config.state_root.join(state_dir_name(id));
+        crate::virtiofsd::check_socket_path(&state.join("virtiofsd.sock"))?;
         let shared = state.join("shared");
         rootfs::make_shared_dir(&shared)?;
         Ok((state, shared))
@@ -61,13 +92,21 @@ impl Sandbox {
     }
 
     /// Boots the VM sharing `shared` and sets up the guest.
-    pub fn boot(config: &RuntimeConfig, state: PathBuf, shared: PathBuf) -> Result<Sandbox, String> {
+    pub fn boot(config: &RuntimeConfig, state: PathBuf, shared: PathBuf, opts: BootOptions) -> Result<Sandbox, String> {
+        let mut forward = None;
+        let network = opts.network.map(|mut pod| {
+            forward = pod.forward.take();
+            let request = pod.guest_request();
+            let device =
+                NetDevice { tap: std::sync::Arc::new(pod.tap), mac: pod.interface.mac.clone(), mtu: pod.interface.mtu };
+            (device, request)
+        });
         let spec = VmSpec {
             vmm: config.vmm.clone(),
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
+            vcpus: opts.vcpus.unwrap_or(config.vcpus),
+            memory_mib: opts.memory_mib.unwrap_or(config.memory_mib),
             extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
             boot_timeout: config.boot_timeout(),
             state_parent: None,
@@ -80,7 +119,7 @@ impl Sandbox {
                 cache: config.virtiofsd_cache.clone(),
                 extra_args: config.virtiofsd_args.clone(),
             }),
-            net: None,
+            net: network.as_ref().map(|(device, _)| device.clone()),
         };
         let begin = std::time::Instant::now();
         let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;
@@ -88,7 +127,7 @@ impl Sandbox {
         let uds = vm.state_dir().join("vsock.sock");
         // The connection the boot check made, with the configured bound.
         let client = vm.agent().with_rpc_timeout(config.rpc_timeout());
-        let mut req = SetupSandboxRequest::new();
+        let mut req = opts.setup;
         req.entropy = random_bytes(256);
         req.realtime_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -98,6 +137,14 @@ impl Sandbox {
         client
             .call("SetupSandbox", false, |c, ctx| c.setup_sandbox(ctx, &req))
             .map_err(|e| format!("guest set-up failed: {}", super::service::agent_message(&e)))?;
+        if let Some((_, net_req)) = &network {
+            client
+                .call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, net_req))
+                .map_err(|e| format!("guest network set-up failed: {}", super::service::agent_message(&e)))?;
+        }
+        if let Some(listener) = forward {
+            crate::network::forward::serve(listener, uds.clone());
+        }
         let times = vm.boot_times();
         // Read by tests/src/bin/bench_ctr.rs: the first three are since the
         // VMM's spawn, "before VMM" is virtiofsd's start and the spawn.
@@ -109,7 +156,15 @@ impl Sandbox {
             booted_us.saturating_sub(times.agent_ready_us),
             (begin.elapsed().as_micros() as u64).saturating_sub(booted_us)
         );
-        Ok(Sandbox { vm: Mutex::new(Some(vm)), client, uds, state, shared, rpc_timeout: config.rpc_timeout() })
+        Ok(Sandbox {
+            vm: Mutex::new(Some(vm)),
+            client,
+            uds,
+            state,
+            shared,
+            rpc_timeout: config.rpc_timeout(),
+            network: Mutex::new(network.map(|(device, _)| device)),
+        })
     }
 
     /// The agent client (bounded RPCs).
@@ -141,6 +196,7 @@ impl Sandbox {
         id: &str,
         spec_json: Vec<u8>,
         rootfs: String,
+        storages: Vec<Storage>,
         stdio: &StdioPaths,
     ) -> Result<(u32, ProcessIo), String> {
         let io = ProcessIo::connect(&self.uds, id, INIT_EXEC_ID, stdio)?;
@@ -148,6 +204,7 @@ impl Sandbox {
         req.container_id = id.to_string();
         req.spec_json = spec_json;
         req.rootfs = rootfs;
+        req.storages = storages;
         req.stdio = protobuf::MessageField::some(stdio.agent_stdio());
         let resp = self
             .client
@@ -175,6 +232,12 @@ impl Sandbox {
         client.call("WaitProcess", true, |c, ctx| c.wait_process(ctx, &req)).map_err(|e| agent_message(&e))
     }
 
+    /// The VMM's host PID (what containerd sees as the sandbox's pid).
+    pub fn vmm_pid(&self) -> u32 {
+        let vm = self.vm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        vm.as_ref().and_then(SandboxVm::vmm_pid).unwrap_or(0)
+    }
+
     /// Why the VM is gone, if it is.
     pub fn exited(&self) -> Option<String> {
         let mut vm = self.vm.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -196,9 +259,11 @@ impl Sandbox {
         if let Some(mut vm) = vm {
             vm.kill();
         }
+        // Our copy of the tap: with the VMM's gone, the tap goes too.
+        drop(self.network.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
         rootfs::remove_dir_mounts(&self.shared);
         if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
-            let _ = std::fs::remove_dir_all(&self.state);
+            rootfs::remove_tree(&self.state);
         }
     }
 }
@@ -208,7 +273,7 @@ pub fn cleanup_after_crash(id: &str, bundle: &Path) {
     if let Ok(state) = std::fs::read_to_string(bundle.join(STATE_LINK)) {
         let state = PathBuf::from(state.trim());
         rootfs::remove_dir_mounts(&state.join("shared"));
-        let _ = std::fs::remove_dir_all(&state);
+        rootfs::remove_tree(&state);
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     log::info!("cleaned up after shim of {id}");
@@ -224,13 +289,65 @@ pub fn container_req(id: &str) -> ContainerRequest {
 /// The guest's copy of an OCI spec (`config.json` bytes) and its root path:
 /// what the guest cannot honour is dropped with a log line rather than
 /// failing the container.
-pub fn guest_spec(raw: &[u8]) -> Result<(Vec<u8>, String), String> {
+pub fn guest_spec(raw: &[u8]) -> Result<(serde_json::Value, String), String> {
     let mut spec: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("config.json: {e}"))?;
+    if !spec.is_object() {
+        return Err("config.json: not a JSON object".into());
+    }
     let root = spec.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs").to_string();
+    let mounts_cgroups = spec.get("mounts").and_then(|m| m.as_array()).is_some_and(|m| {
+        m.iter().any(|m| matches!(m.get("type").and_then(|t| t.as_str()), Some("cgroup" | "cgroup2")))
+    });
     if let Some(linux) = spec.get_mut("linux").and_then(|l| l.as_object_mut()) {
         if linux.remove("seccomp").is_some() {
             log::warn!("seccomp profiles are not applied inside the guest yet; the VM is the boundary");
         }
+        // The guest has cgroup v2: a container that mounts its cgroups sees
+        // its own cgroup there (as runc shows it on a v1 host) only from a
+        // cgroup namespace, so it gets one.
+        if let Some(list) = linux.get_mut("namespaces").and_then(|n| n.as_array_mut()) {
+            let has_cgroupns = list.iter().any(|n| n.get("type").and_then(|t| t.as_str()) == Some("cgroup"));
+            if mounts_cgroups && !has_cgroupns {
+                list.push(serde_json::json!({"type": "cgroup"}));
+            }
+        }
     }
-    Ok((serde_json::to_vec(&spec).map_err(|e| e.to_string())?, root))
+    Ok((spec, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_mounting_its_cgroups_gets_a_cgroup_namespace() {
+        let raw = br#"{"mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup"}],
+                       "linux":{"namespaces":[{"type":"mount"}],"seccomp":{}}}"#;
+        let (spec, root) = guest_spec(raw).expect("ok");
+        assert_eq!(root, "rootfs");
+        assert_eq!(spec["linux"]["namespaces"], serde_json::json!([{"type": "mount"}, {"type": "cgroup"}]));
+        assert!(spec["linux"].get("seccomp").is_none());
+        let (plain, _) = guest_spec(br#"{"linux":{"namespaces":[{"type":"mount"}]}}"#).expect("ok");
+        assert_eq!(plain["linux"]["namespaces"], serde_json::json!([{"type": "mount"}]));
+        assert!(guest_spec(b"[1]").unwrap_err().contains("not a JSON object"));
+    }
+
+    #[test]
+    fn long_sandbox_ids_get_short_distinct_state_directories() {
+        assert_eq!(state_dir_name("short-id"), "short-id");
+        let a = "98095ae7a4f84f2beddc77da9ffbeb398769087981d2078169257b84ed2691de";
+        let b = "98095ae7a4f84f2beddc77da9ffbeb398769087981d2078169257b84ed2691df";
+        assert_eq!(state_dir_name(a).len(), 29);
+        assert!(state_dir_name(a).starts_with("98095ae7a4f8-"));
+        assert_ne!(state_dir_name(a), state_dir_name(b));
+        assert_eq!(state_dir_name(a), state_dir_name(a), "stable");
+    }
+
+    #[test]
+    fn a_state_root_too_long_for_sockets_is_refused_up_front() {
+        let config =
+            RuntimeConfig { state_root: PathBuf::from(format!("/tmp/{}", "x".repeat(100))), ..Default::default() };
+        let err = Sandbox::prepare(&config, "id").unwrap_err();
+        assert!(err.contains("Unix sockets allow 107"), "{err}");
+    }
 }

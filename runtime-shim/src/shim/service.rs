@@ -2,7 +2,7 @@
 //! on the sandbox VM, with the task events containerd expects.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +25,10 @@ use kata_like_protocol::{AgentClient, AgentClientError};
 use tokio::sync::watch;
 
 use super::io::{ProcessIo, SharedIo, StdioPaths};
-use super::sandbox::{container_req, guest_spec, Sandbox};
-use super::{metrics, options, rootfs};
+use super::sandbox::{container_req, guest_spec, BootOptions, Sandbox};
+use super::{metrics, options, pod, rootfs, volumes};
 use crate::config::RuntimeConfig;
+use serde_json::Value;
 
 /// Exit status reported when the VM died under a process.
 pub const VM_GONE_STATUS: u32 = 255;
@@ -83,6 +84,8 @@ impl Proc {
 struct Container {
     bundle: PathBuf,
     mounted_bundle: bool,
+    /// CRI's sandbox container, which is the VM itself (see [`pod`]).
+    virtual_sandbox: bool,
     init: Proc,
     execs: HashMap<String, Proc>,
 }
@@ -168,47 +171,70 @@ impl Service {
         }
     }
 
-    /// Boots the VM if this is the sandbox's first container, and shares
-    /// the rootfs; returns the sandbox and the rootfs path for the agent.
-    async fn attach_rootfs(
+    /// Boots the sandbox VM unless it runs: `first` is the container that
+    /// causes the boot, whose spec sizes the VM and names its network.
+    async fn ensure_sandbox(
         &self,
-        id: &str,
-        bundle: &std::path::Path,
-        root: &std::path::Path,
+        first: &str,
+        bundle: &Path,
         config: &RuntimeConfig,
-    ) -> TtrpcResult<(Arc<Sandbox>, String)> {
+        spec: &Value,
+        netns: Option<PathBuf>,
+    ) -> TtrpcResult<Arc<Sandbox>> {
         let mut guard = self.inner.sandbox.lock().await;
         if let Some(sandbox) = guard.clone() {
-            let rel = rootfs::share_rootfs(sandbox.shared(), id, root).map_err(|e| err(Code::INTERNAL, e))?;
-            return Ok((sandbox, rel));
+            return Ok(sandbox);
         }
-        let (state, shared) = Sandbox::prepare(config, id).map_err(|e| err(Code::INTERNAL, e))?;
+        let (vcpus, memory_mib) = pod::vm_size(config, spec).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let (state, shared) = Sandbox::prepare(config, first).map_err(|e| err(Code::INTERNAL, e))?;
         Sandbox::mark_bundle(bundle, &state);
-        let rel = match rootfs::share_rootfs(&shared, id, root) {
-            Ok(rel) => rel,
-            Err(e) => {
-                rootfs::remove_dir_mounts(&shared);
-                let _ = std::fs::remove_dir_all(&state);
-                return Err(err(Code::INTERNAL, e));
-            }
-        };
+        let setup = pod::setup_request(spec);
         let config = config.clone();
         let (state2, shared2) = (state.clone(), shared.clone());
-        let booted = blocking(move || Sandbox::boot(&config, state2, shared2)).await?;
+        let booted = blocking(move || -> Result<Sandbox, String> {
+            let network = match netns {
+                Some(path) => Some(crate::network::attach(&path).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let opts = BootOptions { vcpus: Some(vcpus), memory_mib: Some(memory_mib), network, setup };
+            Sandbox::boot(&config, state2, shared2, opts)
+        })
+        .await?;
         match booted {
             Ok(sandbox) => {
                 let sandbox = Arc::new(sandbox);
                 *guard = Some(sandbox.clone());
-                Ok((sandbox, rel))
+                Ok(sandbox)
             }
             Err(e) => {
                 rootfs::remove_dir_mounts(&shared);
                 if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
-                    let _ = std::fs::remove_dir_all(&state);
+                    rootfs::remove_tree(&state);
                 }
                 Err(err(Code::UNAVAILABLE, format!("cannot start the sandbox VM: {e}")))
             }
         }
+    }
+
+    /// CRI's sandbox container: boots the VM; nothing runs in the guest.
+    async fn create_virtual_sandbox(
+        &self,
+        req: &api::CreateTaskRequest,
+        config: &RuntimeConfig,
+        spec: &Value,
+        netns: Option<PathBuf>,
+    ) -> TtrpcResult<u32> {
+        if self.inner.sandbox.lock().await.is_some() {
+            return Err(err(Code::ALREADY_EXISTS, format!("sandbox {}: this shim already runs a sandbox VM", req.id)));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let sandbox = self.ensure_sandbox(&req.id, &bundle, config, spec, netns).await?;
+        let mut init = Proc::new(StdioPaths::default(), Vec::new());
+        init.pid = sandbox.vmm_pid();
+        let pid = init.pid;
+        let container = Container { bundle, mounted_bundle: false, virtual_sandbox: true, init, execs: HashMap::new() };
+        self.containers().insert(req.id.clone(), container);
+        Ok(pid)
     }
 
     async fn create_inner(&self, req: &api::CreateTaskRequest) -> TtrpcResult<(u32, bool)> {
@@ -218,7 +244,12 @@ impl Service {
         let bundle = PathBuf::from(&req.bundle);
         let raw = std::fs::read(bundle.join("config.json"))
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("{}/config.json: {e}", bundle.display())))?;
-        let (spec, root_path) = guest_spec(&raw).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let (mut spec, root_path) = guest_spec(&raw).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        let netns = pod::network_namespace(&spec);
+        pod::adapt_namespaces(&mut spec).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+        if pod::kind(&spec) == pod::Kind::Sandbox {
+            return self.create_virtual_sandbox(req, &config, &spec, netns).await.map(|pid| (pid, false));
+        }
         let root = rootfs::mount_bundle_rootfs(&bundle, &req.rootfs, &root_path).map_err(|e| err(Code::INTERNAL, e))?;
         let mounted_bundle = !req.rootfs.is_empty();
         let undo_bundle = |shared: Option<&std::path::Path>| {
@@ -228,10 +259,28 @@ impl Service {
                 let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
             }
         };
-        let (sandbox, rel) = match self.attach_rootfs(&req.id, &bundle, &root, &config).await {
+        let sandbox = match self.ensure_sandbox(&req.id, &bundle, &config, &spec, netns).await {
             Ok(v) => v,
             Err(e) => {
                 undo_bundle(None);
+                return Err(e);
+            }
+        };
+        let shared = rootfs::share_rootfs(sandbox.shared(), &req.id, &root)
+            .map_err(|e| err(Code::INTERNAL, e))
+            .and_then(|rel| {
+                let storages = volumes::share_mounts(&mut spec, sandbox.shared(), &req.id)
+                    .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
+                let json = serde_json::to_vec(&spec).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+                Ok((rel, storages, json))
+            });
+        let (rel, storages, spec_json) = match shared {
+            Ok(v) => v,
+            Err(e) => {
+                undo_bundle(Some(sandbox.shared()));
+                if self.containers().is_empty() {
+                    self.destroy_sandbox().await;
+                }
                 return Err(e);
             }
         };
@@ -243,7 +292,7 @@ impl Service {
         };
         let mut proc = Proc::new(stdio.clone(), Vec::new());
         let (id, sb, st) = (req.id.clone(), sandbox.clone(), stdio.clone());
-        let result = blocking(move || sb.create_container(&id, spec, rel, &st)).await?;
+        let result = blocking(move || sb.create_container(&id, spec_json, rel, storages, &st)).await?;
         let (pid, io) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -256,9 +305,63 @@ impl Service {
         };
         proc.pid = pid;
         *proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
-        self.containers()
-            .insert(req.id.clone(), Container { bundle, mounted_bundle, init: proc, execs: HashMap::new() });
+        let container = Container { bundle, mounted_bundle, virtual_sandbox: false, init: proc, execs: HashMap::new() };
+        self.containers().insert(req.id.clone(), container);
         Ok((pid, mounted_bundle))
+    }
+
+    fn is_virtual(&self, id: &str) -> bool {
+        self.containers().get(id).is_some_and(|c| c.virtual_sandbox)
+    }
+
+    /// Records the virtual sandbox's exit (killed, or its VM died) once.
+    async fn finish_virtual(&self, id: &str, status: u32) {
+        let Ok(proc) = self.proc(id, "") else { return };
+        let at = now();
+        let first = proc.exit_tx.send_if_modified(|exit| {
+            if exit.is_some() {
+                return false;
+            }
+            *exit = Some((status, at.clone()));
+            true
+        });
+        if !first {
+            return;
+        }
+        self.update_proc(id, "", |p| p.status = Status::STOPPED);
+        let mut ev = TaskExit::new();
+        ev.container_id = id.to_string();
+        ev.id = id.to_string();
+        ev.pid = proc.pid;
+        ev.exit_status = status;
+        ev.exited_at = protobuf::MessageField::some(at);
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+    }
+
+    /// Starts the virtual sandbox: it runs until killed or until the VM
+    /// dies, which a watcher notices.
+    async fn start_virtual(&self, id: &str, sandbox: Arc<Sandbox>) -> TtrpcResult<api::StartResponse> {
+        let pid = self.proc(id, "")?.pid;
+        self.update_proc(id, "", |p| p.status = Status::RUNNING);
+        let mut ev = TaskStart::new();
+        ev.container_id = id.to_string();
+        ev.pid = pid;
+        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev)).await;
+        let (service, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                match service.proc(&id, "") {
+                    Ok(p) if p.exited().is_none() => {}
+                    _ => return,
+                }
+                if let Some(why) = sandbox.exited() {
+                    log::error!("sandbox {id}: the VM is gone ({why}); guest console:\n{}", sandbox.console_tail());
+                    return service.finish_virtual(&id, VM_GONE_STATUS).await;
+                }
+            }
+        });
+        Ok(api::StartResponse { pid, ..Default::default() })
     }
 
     async fn destroy_sandbox(&self) {
@@ -307,6 +410,16 @@ impl Service {
             ev.exited_at = protobuf::MessageField::some(at);
             service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
         });
+    }
+
+    async fn publish_delete(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
+        let mut ev = TaskDelete::new();
+        ev.container_id = id.to_string();
+        ev.pid = pid;
+        ev.exit_status = status;
+        ev.exited_at = protobuf::MessageField::some(at);
+        ev.id = id.to_string();
+        self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
     }
 
     /// Runs an agent call on the sandbox's client off the async runtime.
@@ -361,6 +474,9 @@ impl Task for Service {
         let proc = self.proc(&req.id, &req.exec_id)?;
         if proc.status != Status::CREATED {
             return Err(err(Code::FAILED_PRECONDITION, format!("{} {} was already started", req.id, req.exec_id)));
+        }
+        if req.exec_id.is_empty() && self.is_virtual(&req.id) {
+            return self.start_virtual(&req.id, sandbox).await;
         }
         let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
         let pid = blocking(move || -> Result<u32, String> {
@@ -419,6 +535,12 @@ impl Task for Service {
             if let Some(c) = self.containers().get_mut(&req.id) {
                 c.execs.remove(&req.exec_id);
             }
+        } else if self.is_virtual(&req.id) {
+            self.containers().remove(&req.id);
+            if self.containers().is_empty() {
+                self.destroy_sandbox().await;
+            }
+            self.publish_delete(&req.id, proc.pid, status, at.clone()).await;
         } else {
             let removed = self.agent_call({
                 let id = req.id.clone();
@@ -440,13 +562,7 @@ impl Task for Service {
             if self.containers().is_empty() {
                 self.destroy_sandbox().await;
             }
-            let mut ev = TaskDelete::new();
-            ev.container_id = req.id.clone();
-            ev.pid = proc.pid;
-            ev.exit_status = status;
-            ev.exited_at = protobuf::MessageField::some(at.clone());
-            ev.id = req.id.clone();
-            self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
+            self.publish_delete(&req.id, proc.pid, status, at.clone()).await;
         }
         Ok(api::DeleteResponse {
             pid: proc.pid,
@@ -505,6 +621,11 @@ impl Task for Service {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        if self.is_virtual(&req.id) {
+            let pid = self.proc(&req.id, "")?.pid;
+            let info = containerd_shim::protos::types::task::ProcessInfo { pid, ..Default::default() };
+            return Ok(api::PidsResponse { processes: vec![info], ..Default::default() });
+        }
         let id = req.id.clone();
         let pids =
             self.agent_call(move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id)))).await?;
@@ -545,6 +666,17 @@ impl Task for Service {
         if proc.exited().is_some() && !req.all {
             return Err(err(Code::NOT_FOUND, format!("process {} already finished", proc.pid)));
         }
+        if req.exec_id.is_empty() && self.is_virtual(&req.id) {
+            // As the pause process: SIGTERM/SIGINT end it with status 0,
+            // SIGKILL with 137; it ignores other signals.
+            let status = match req.signal as i32 {
+                libc::SIGKILL => 128 + libc::SIGKILL as u32,
+                libc::SIGTERM | libc::SIGINT => 0,
+                _ => return Ok(api::Empty::new()),
+            };
+            self.finish_virtual(&req.id, status).await;
+            return Ok(api::Empty::new());
+        }
         self.agent_call(move |c| c.signal_process(&req.id, &req.exec_id, req.signal, req.all)).await?;
         Ok(api::Empty::new())
     }
@@ -580,6 +712,12 @@ impl Task for Service {
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        if self.is_virtual(&req.id) {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                format!("{} is the pod's VM, not a guest container: ask for its containers' stats", req.id),
+            ));
+        }
         let id = req.id.clone();
         let stats = self
             .agent_call(move |c| c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id))))

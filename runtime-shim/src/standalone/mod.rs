@@ -29,7 +29,8 @@ use nix::sys::signal::{SigSet, Signal};
 use crate::config::RuntimeConfig;
 use crate::shim::io::{ProcessIo, StdioPaths};
 use crate::shim::rootfs;
-use crate::shim::sandbox::{guest_spec, Sandbox};
+use crate::shim::sandbox::{guest_spec, BootOptions, Sandbox};
+use crate::shim::{pod, volumes};
 pub use state::{check_id, Root, State, OCI_VERSION};
 
 /// The default state root (runc uses /run/runc).
@@ -167,7 +168,7 @@ impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if self.armed {
             rootfs::remove_dir_mounts(&self.dir.join(state::VM_DIR).join("shared"));
-            let _ = std::fs::remove_dir_all(self.dir);
+            rootfs::remove_tree(self.dir);
         }
     }
 }
@@ -187,7 +188,9 @@ fn monitor(
         .map_err(|e| StandaloneError::Invalid(format!("{}/config.json: {e}", bundle.display())))?;
     let parsed: serde_json::Value = serde_json::from_slice(&raw)
         .map_err(|e| StandaloneError::Invalid(format!("{}/config.json: {e}", bundle.display())))?;
-    let (spec, root_path) = guest_spec(&raw).map_err(StandaloneError::Invalid)?;
+    let (mut spec, root_path) = guest_spec(&raw).map_err(StandaloneError::Invalid)?;
+    let netns = pod::network_namespace(&spec);
+    pod::adapt_namespaces(&mut spec).map_err(StandaloneError::Invalid)?;
     let terminal = parsed.pointer("/process/terminal").and_then(serde_json::Value::as_bool).unwrap_or(false);
     let rootfs_dir = bundle.join(root_path);
     if !rootfs_dir.is_dir() {
@@ -234,11 +237,19 @@ fn monitor(
 
     let (vm_state, shared) = Sandbox::prepare(&config, state::VM_DIR).map_err(StandaloneError::Failed)?;
     let rel = rootfs::share_rootfs(&shared, id, &rootfs_dir).map_err(StandaloneError::Failed)?;
-    let sandbox = Sandbox::boot(&config, vm_state, shared)
+    let storages = volumes::share_mounts(&mut spec, &shared, id).map_err(StandaloneError::Invalid)?;
+    let spec_json = serde_json::to_vec(&spec).map_err(|e| StandaloneError::Failed(e.to_string()))?;
+    let network = match netns {
+        Some(path) => Some(crate::network::attach(&path).map_err(|e| StandaloneError::Failed(e.to_string()))?),
+        None => None,
+    };
+    let boot = BootOptions { network, setup: pod::setup_request(&spec), ..Default::default() };
+    let sandbox = Sandbox::boot(&config, vm_state, shared, boot)
         .map_err(|e| StandaloneError::Failed(format!("cannot start the sandbox VM: {e}")))?;
     let stdio = StdioPaths { stdin: "fd://0".into(), stdout: "fd://1".into(), stderr: "fd://2".into(), terminal };
     let outcome = (|| {
-        let (pid, io) = sandbox.create_container(id, spec, rel, &stdio).map_err(StandaloneError::Failed)?;
+        let (pid, io) =
+            sandbox.create_container(id, spec_json, rel, storages, &stdio).map_err(StandaloneError::Failed)?;
         record.pid = pid;
         record.status = "created".into();
         root.save(&record)?;
@@ -385,9 +396,11 @@ pub fn delete(opts: &Options, id: &str, force: bool) -> Result<(), StandaloneErr
     }
     let dir = root.dir(id);
     rootfs::remove_dir_mounts(&root.vm_dir(id).join("shared"));
-    std::fs::remove_dir_all(&dir)
-        .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
-        .map_err(|e| StandaloneError::Failed(format!("{}: {e}", dir.display())))
+    rootfs::remove_tree(&dir);
+    if dir.exists() {
+        return Err(StandaloneError::Failed(format!("{} could not be removed (see the log)", dir.display())));
+    }
+    Ok(())
 }
 
 /// `kata-like spec`: writes a default `config.json` (runc's defaults,

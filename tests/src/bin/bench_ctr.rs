@@ -19,15 +19,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use test_infra::bench::{median, pss};
 use test_infra::containerd::{Containerd, IMAGE, RUNTIME};
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[v.len() / 2]
-}
 
 /// Runs ctr and returns its wall time in seconds; panics with its output
 /// on failure.
@@ -111,25 +104,6 @@ const PHASES: [&str; 10] = [
     "StartContainer",
     "exit, output drain, VM teardown, ctr exit",
 ];
-
-/// Proportional set size of `pid` in KiB: (all, guest RAM memfd).
-fn pss(pid: u32) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
-    let (mut all, mut guest, mut in_guest) = (0, 0, false);
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            in_guest = line.contains("memfd:kata-like-guest-ram");
-        } else if let Some(v) = line.strip_prefix("Pss:") {
-            let kib = v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            all += kib;
-            if in_guest {
-                guest += kib;
-            }
-        }
-    }
-    (all, guest)
-}
 
 /// Processes whose command line has all of `needles`: (pid, ppid, name).
 fn procs(needles: &[&str]) -> Vec<(u32, u32, String)> {

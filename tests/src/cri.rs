@@ -1,0 +1,353 @@
+//! A CRI client for the tests: the generated CRI v1 API (`k8s-cri`, tonic)
+//! against a private containerd's CRI plugin, with a CNI bridge network of
+//! its own (Debian's containernetworking-plugins: bridge + host-local +
+//! loopback). This is what kubelet does to containerd, minus kubelet.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerStatus, CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec,
+    KeyValue, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::containerd::{Containerd, IMAGE};
+
+/// The RuntimeClass handler that maps to our shim in the test config.
+pub const HANDLER: &str = "kata-like";
+
+/// Debian's CNI plugin directory.
+pub const CNI_BIN: &str = "/usr/lib/cni";
+
+/// Why the CRI tests cannot run, if they cannot.
+pub fn unavailable() -> Option<String> {
+    if let Some(why) = crate::containerd::unavailable() {
+        return Some(why);
+    }
+    for plugin in ["bridge", "host-local", "loopback"] {
+        if !Path::new(CNI_BIN).join(plugin).exists() {
+            return Some(format!(
+                "CNI plugin {CNI_BIN}/{plugin} is missing (scripts/install-deps.sh installs containernetworking-plugins)"
+            ));
+        }
+    }
+    None
+}
+
+/// A CNI bridge network private to one test run: its own bridge name,
+/// subnet and IPAM state. Dropping it deletes the bridge.
+#[derive(Debug)]
+pub struct CniBridge {
+    dir: tempfile::TempDir,
+    /// The Linux bridge CNI creates.
+    pub bridge: String,
+    /// The first three octets of the /24 subnet; the bridge is `.1`.
+    pub prefix: String,
+}
+
+impl CniBridge {
+    /// Writes the network config (not yet the bridge: CNI makes it with the
+    /// first pod).
+    pub fn new() -> Result<CniBridge, String> {
+        let dir = tempfile::Builder::new().prefix("kl-cni-").tempdir().map_err(|e| e.to_string())?;
+        let n = std::process::id() % 200 + 20;
+        let bridge = format!("klcni{n}");
+        let prefix = format!("10.216.{n}");
+        let conf = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "kata-like-test",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": format!("{prefix}.0/24")}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": dir.path().join("ipam"),
+                },
+            }],
+        });
+        std::fs::create_dir_all(dir.path().join("net.d")).map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join("net.d/10-kata-like-test.conflist"), conf.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(CniBridge { dir, bridge, prefix })
+    }
+
+    /// The CNI config directory for containerd.
+    pub fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    /// Interfaces still enslaved to the bridge (pods' host-side veths).
+    pub fn ports(&self) -> Vec<String> {
+        crate::ip(&["-o", "link", "show", "master", &self.bridge])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1).map(|n| n.split('@').next().unwrap_or(n).to_string()))
+            .collect()
+    }
+}
+
+impl Drop for CniBridge {
+    fn drop(&mut self) {
+        let _ = crate::ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// The pod's network and IPC, a PID namespace per container: kubelet's
+/// choice unless the pod sets shareProcessNamespace.
+fn namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+/// A private containerd with CRI and CNI, and a CRI client to it.
+#[derive(Debug)]
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    /// The containerd (dropped after the client).
+    pub containerd: Containerd,
+    /// Its CNI network.
+    pub network: CniBridge,
+    logs: tempfile::TempDir,
+}
+
+impl Cri {
+    /// Starts containerd with CRI on a fresh CNI bridge and connects.
+    pub fn start() -> Result<Cri, String> {
+        let network = CniBridge::new()?;
+        let containerd = Containerd::start_cri(&network.conf_dir())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let socket = containerd.socket().to_path_buf();
+        let channel = rt
+            .block_on(async move {
+                // The URI is required by tonic and unused: the connector
+                // dials containerd's Unix socket.
+                Endpoint::try_from("http://[::1]:50051")?
+                    .connect_with_connector(tower::service_fn(move |_| {
+                        let socket = socket.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(socket).await?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                        }
+                    }))
+                    .await
+            })
+            .map_err(|e| format!("connect to CRI: {e}"))?;
+        let logs = tempfile::Builder::new().prefix("kl-pod-logs-").tempdir().map_err(|e| e.to_string())?;
+        Ok(Cri { rt, runtime: RuntimeServiceClient::new(channel), containerd, network, logs })
+    }
+
+    /// Runs a RuntimeService call.
+    pub fn call<T, F>(&self, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.rt.block_on(f(self.runtime.clone())).map(tonic::Response::into_inner)
+    }
+
+    /// A pod config: name `name` (also its hostname and uid), logs in a
+    /// directory of its own, DNS as kubelet would set it.
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let log_directory = self.logs.path().join(name);
+        let _ = std::fs::create_dir_all(&log_directory);
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "kl-test".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: log_directory.display().to_string(),
+            dns_config: Some(DnsConfig {
+                servers: vec![format!("{}.1", self.network.prefix)],
+                searches: vec!["kl-test.svc.cluster.local".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            // As kubelet sends it for a pod without shareProcessNamespace.
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// RunPodSandbox with our handler; the pod's id.
+    pub fn run_pod(&self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
+        let req = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: HANDLER.into() };
+        self.call(|mut c| async move { c.run_pod_sandbox(req).await }).map(|r| r.pod_sandbox_id)
+    }
+
+    /// A container config running `args` in the test image.
+    pub fn container_config(name: &str, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(ImageSpec { image: IMAGE.into(), ..Default::default() }),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            envs: vec![KeyValue { key: "KL_TEST".into(), value: name.into() }],
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(namespaces()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A bind mount of a host path.
+    pub fn mount(host: &Path, container: &str, readonly: bool) -> Mount {
+        Mount {
+            host_path: host.display().to_string(),
+            container_path: container.into(),
+            readonly,
+            ..Default::default()
+        }
+    }
+
+    /// A memory limit for a container config.
+    pub fn memory_limit(config: &mut ContainerConfig, bytes: i64) {
+        let linux = config.linux.get_or_insert_with(LinuxContainerConfig::default);
+        let res = linux.resources.get_or_insert_with(LinuxContainerResources::default);
+        res.memory_limit_in_bytes = bytes;
+    }
+
+    /// CreateContainer + StartContainer; the container's id.
+    pub fn start_container(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self.call(|mut c| async move { c.create_container(req).await })?.container_id;
+        let start = StartContainerRequest { container_id: id.clone() };
+        self.call(|mut c| async move { c.start_container(start).await })?;
+        Ok(id)
+    }
+
+    /// ExecSync: exit code, stdout, stderr.
+    pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<(i32, String, String), tonic::Status> {
+        let req =
+            ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|a| a.to_string()).collect(), timeout: 240 };
+        let r = self.call(|mut c| async move { c.exec_sync(req).await })?;
+        Ok((
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        ))
+    }
+
+    /// ContainerStatus.
+    pub fn container_status(&self, id: &str) -> Result<ContainerStatus, tonic::Status> {
+        let req = k8s_cri::v1::ContainerStatusRequest { container_id: id.into(), verbose: false };
+        self.call(|mut c| async move { c.container_status(req).await })?
+            .status
+            .ok_or_else(|| tonic::Status::not_found(format!("no status for {id}")))
+    }
+
+    /// Polls ContainerStatus until the container exited (up to `timeout`).
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> Result<ContainerStatus, String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let status = self.container_status(id).map_err(|e| e.to_string())?;
+            if status.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("{id} did not exit within {timeout:?}: {status:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// StopContainer with a grace period.
+    pub fn stop_container(&self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
+        let req = StopContainerRequest { container_id: id.into(), timeout };
+        self.call(|mut c| async move { c.stop_container(req).await }).map(drop)
+    }
+
+    /// RemoveContainer.
+    pub fn remove_container(&self, id: &str) -> Result<(), tonic::Status> {
+        let req = RemoveContainerRequest { container_id: id.into() };
+        self.call(|mut c| async move { c.remove_container(req).await }).map(drop)
+    }
+
+    /// StopPodSandbox then RemovePodSandbox.
+    pub fn remove_pod(&self, id: &str) -> Result<(), tonic::Status> {
+        let stop = StopPodSandboxRequest { pod_sandbox_id: id.into() };
+        self.call(|mut c| async move { c.stop_pod_sandbox(stop).await })?;
+        let remove = RemovePodSandboxRequest { pod_sandbox_id: id.into() };
+        self.call(|mut c| async move { c.remove_pod_sandbox(remove).await }).map(drop)
+    }
+
+    /// The pod's IP from PodSandboxStatus.
+    pub fn pod_ip(&self, id: &str) -> Result<String, String> {
+        let req = k8s_cri::v1::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+        let status = self.call(|mut c| async move { c.pod_sandbox_status(req).await }).map_err(|e| e.to_string())?;
+        let status = status.status.ok_or("no pod status")?;
+        if status.state != k8s_cri::v1::PodSandboxState::SandboxReady as i32 {
+            return Err(format!("pod {id} is not ready: {status:?}"));
+        }
+        Ok(status.network.map(|n| n.ip).unwrap_or_default())
+    }
+
+    /// The pod's network namespace path, from PodSandboxStatus's verbose
+    /// info (the sandbox's runtime spec).
+    pub fn pod_netns(&self, id: &str) -> Result<String, String> {
+        let req = k8s_cri::v1::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+        let status = self.call(|mut c| async move { c.pod_sandbox_status(req).await }).map_err(|e| e.to_string())?;
+        let info: serde_json::Value = serde_json::from_str(status.info.get("info").ok_or("no verbose info")?)
+            .map_err(|e| format!("verbose info: {e}"))?;
+        info.pointer("/runtimeSpec/linux/namespaces")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|list| list.iter().find(|n| n["type"] == "network"))
+            .and_then(|n| n["path"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| format!("no network namespace path in {info}"))
+    }
+
+    /// The CRI log file of a container of pod `pod_name`.
+    pub fn log_file(&self, pod_name: &str, container_name: &str) -> PathBuf {
+        self.logs.path().join(pod_name).join(format!("{container_name}.log"))
+    }
+
+    /// Network namespaces CNI made (`/var/run/netns/cni-*`).
+    pub fn cni_netns() -> Vec<String> {
+        std::fs::read_dir("/var/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("cni-"))
+            .collect()
+    }
+}

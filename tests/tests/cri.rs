@@ -1,0 +1,286 @@
+//! Kubernetes pods through containerd's CRI plugin (what kubelet drives),
+//! with CNI bridge networking: one microVM per pod. `#[ignore]`d (they boot
+//! microVMs); scripts/test.sh runs them.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_cri::v1::{ContainerStatsRequest, LinuxContainerResources, UpdateContainerResourcesRequest};
+use test_infra::containerd::BAD_CONFIG_HANDLER;
+use test_infra::cri::Cri;
+
+fn setup(test: &str) -> Option<Cri> {
+    test_infra::vm_test(test)?;
+    if let Some(reason) = test_infra::cri::unavailable() {
+        test_infra::skip(test, &reason);
+        return None;
+    }
+    Some(Cri::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+}
+
+/// What the failure messages carry: containerd's log tail.
+fn ctx(cri: &Cri) -> String {
+    format!("\n--- containerd log (tail) ---\n{}", cri.containerd.log_tail())
+}
+
+/// An HTTP GET from the host; the body.
+fn http_get(ip: &str, port: u16) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect_timeout(
+        &format!("{ip}:{port}").parse().map_err(|e| format!("{e}"))?,
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("connect {ip}:{port}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    Ok(reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+/// A memory-backed emptyDir as kubelet makes it: a tmpfs at
+/// `…/volumes/kubernetes.io~empty-dir/<name>`.
+struct EmptyDir(std::path::PathBuf);
+
+impl EmptyDir {
+    fn new(root: &Path, name: &str) -> EmptyDir {
+        let dir = root.join("volumes/kubernetes.io~empty-dir").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir emptyDir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(&dir)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        EmptyDir(dir)
+    }
+}
+
+impl Drop for EmptyDir {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "boots microVMs through containerd's CRI plugin"]
+fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_oom() {
+    let Some(cri) = setup("pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_oom") else {
+        return;
+    };
+    let netns_before = Cri::cni_netns();
+    let host = tempfile::tempdir().expect("tmp");
+    let data = host.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let config_file = host.path().join("app.conf");
+    std::fs::write(&config_file, "setting=1\n").expect("write");
+    let empty_dir = EmptyDir::new(host.path(), "cache");
+
+    let pod_a = cri.pod_config("kl-pod-a");
+    let a = cri.run_pod(&pod_a).unwrap_or_else(|e| panic!("RunPodSandbox: {e}{}", ctx(&cri)));
+    let ip_a = cri.pod_ip(&a).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+    assert!(ip_a.starts_with(&cri.network.prefix), "pod IP {ip_a} from the CNI subnet {}.0/24", cri.network.prefix);
+    let state = cri.containerd.kata_state.display().to_string();
+    assert_eq!(test_infra::vmm_processes_with(&state).len(), 1, "one VM for the pod");
+
+    let mut server = Cri::container_config(
+        "server",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-$(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ],
+    );
+    server.mounts = vec![Cri::mount(&empty_dir.0, "/cache", false)];
+    let server = cri.start_container(&a, &pod_a, server).unwrap_or_else(|e| panic!("server: {e}{}", ctx(&cri)));
+
+    // Shares the pod's network (localhost), a rw hostPath, a ro file, the
+    // memory emptyDir and /dev/shm with the server.
+    let mut sidecar = Cri::container_config(
+        "sidecar",
+        &[
+            "sh",
+            "-c",
+            "until wget -q -O /data/fetched http://127.0.0.1:8080/; do sleep 1; done; \
+             echo fetched $(cat /data/fetched); cat /config/app.conf; echo to-stderr >&2; exec sleep 100000",
+        ],
+    );
+    sidecar.mounts = vec![
+        Cri::mount(&data, "/data", false),
+        Cri::mount(&config_file, "/config/app.conf", true),
+        Cri::mount(&empty_dir.0, "/cache", false),
+    ];
+    let sidecar = cri.start_container(&a, &pod_a, sidecar).unwrap_or_else(|e| panic!("sidecar: {e}{}", ctx(&cri)));
+    assert_eq!(test_infra::vmm_processes_with(&state).len(), 1, "the pod's containers share its VM");
+
+    // Localhost between the two containers; the result on the host volume.
+    let fetched = data.join("fetched");
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while std::fs::read_to_string(&fetched).map_or(true, |s| s.is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the sidecar never fetched from the server{}", ctx(&cri));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(std::fs::read_to_string(&fetched).expect("read"), "hello-from-kl-pod-a\n");
+
+    // CRI log files, in containerd's line format.
+    let log = cri.log_file("kl-pod-a", "sidecar");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while !text.contains("to-stderr") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let has = |stream: &str, content: &str| {
+        lines.iter().any(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            f.len() == 4 && f[1] == stream && f[2] == "F" && f[3] == content && f[0].contains('T')
+        })
+    };
+    assert!(has("stdout", "fetched hello-from-kl-pod-a"), "stdout line in {}: {text:?}", log.display());
+    assert!(has("stdout", "setting=1"), "{text:?}");
+    assert!(has("stderr", "to-stderr"), "{text:?}");
+
+    // ExecSync (few: each costs seconds of emulated guest kernel work):
+    // the pod's hostname and DNS, /dev/shm as containerd sized it, and the
+    // pod-shared memory volumes; then read-only and shared from the other
+    // container.
+    let exec = |id: &str, cmd: &str| {
+        cri.exec_sync(id, &["sh", "-c", cmd]).unwrap_or_else(|e| panic!("exec {cmd:?}: {e}{}", ctx(&cri)))
+    };
+    let (code, out, _) = exec(
+        &server,
+        "hostname; cat /etc/resolv.conf; grep ' /dev/shm ' /proc/mounts; echo shm-data > /dev/shm/x && echo cache-data > /cache/y",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("kl-pod-a\n"), "the pod's hostname: {out}");
+    assert!(out.contains(&format!("nameserver {}.1", cri.network.prefix)), "{out}");
+    assert!(out.contains("search kl-test.svc.cluster.local"), "{out}");
+    let shm = out.lines().find(|l| l.split(' ').nth(1) == Some("/dev/shm")).unwrap_or_default();
+    assert!(shm.starts_with("tmpfs ") && shm.contains("size=65536k"), "/dev/shm as containerd sized it: {shm:?}");
+    let (code, out, _) = exec(&sidecar, "cat /dev/shm/x /cache/y; (echo changed > /config/app.conf) 2>&1; echo rc=$?");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("shm-data\ncache-data\n"), "/dev/shm and the memory emptyDir are the pod's: {out}");
+    assert!(out.contains("Read-only file system") && out.ends_with("rc=1\n"), "a read-only mount took a write: {out}");
+    assert_eq!(std::fs::read_to_string(&config_file).expect("read"), "setting=1\n");
+    assert!(!empty_dir.0.join("y").exists(), "the memory emptyDir lives in guest RAM, not on the host tmpfs");
+
+    // Host → pod TCP, over the CNI bridge, through the tap into the VM.
+    assert_eq!(http_get(&ip_a, 8080).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri))), "hello-from-kl-pod-a\n");
+
+    // What containerd's PortForward does: connect to localhost:<port> in
+    // the pod's network namespace on the host. The shim's redirect carries
+    // it into the guest's localhost.
+    let netns = cri.pod_netns(&a).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+    let forwarded = std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).map_err(|e| format!("{netns}: {e}"))?;
+        // SAFETY: setns(2) on this thread only, with a namespace fd we own.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns {netns}: {}", std::io::Error::last_os_error()));
+        }
+        http_get("127.0.0.1", 8080)
+    });
+    let body = forwarded.join().expect("thread").unwrap_or_else(|e| panic!("port-forward path: {e}{}", ctx(&cri)));
+    assert_eq!(body, "hello-from-kl-pod-a\n");
+
+    // Stats, and a resource update seen inside the guest.
+    let stats_req = ContainerStatsRequest { container_id: server.clone() };
+    let stats =
+        cri.call(|mut c| async move { c.container_stats(stats_req).await }).expect("stats").stats.expect("stats");
+    let memory = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+    assert!(memory > 0 && cpu > 0, "working set {memory}, cpu {cpu}");
+    let update = UpdateContainerResourcesRequest {
+        container_id: server.clone(),
+        linux: Some(LinuxContainerResources { memory_limit_in_bytes: 96 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    cri.call(|mut c| async move { c.update_container_resources(update).await })
+        .unwrap_or_else(|e| panic!("update: {e}{}", ctx(&cri)));
+    let (_, limit, _) = exec(&server, "cat /sys/fs/cgroup/memory.max");
+    assert_eq!(limit.trim(), (96u64 << 20).to_string(), "the guest cgroup got the new limit");
+
+    // Exit codes, and a container restarted in the same pod (attempt 1).
+    for (attempt, code) in [(0u32, 3), (1, 0)] {
+        let mut c = Cri::container_config("job", &["sh", "-c", &format!("echo attempt {attempt}; exit {code}")]);
+        if let Some(m) = c.metadata.as_mut() {
+            m.attempt = attempt;
+        }
+        c.log_path = format!("job-{attempt}.log");
+        let id = cri.start_container(&a, &pod_a, c).unwrap_or_else(|e| panic!("job: {e}{}", ctx(&cri)));
+        let status = cri.wait_exited(&id, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+        assert_eq!(status.exit_code, code, "{status:?}");
+        let log = std::fs::read_to_string(cri.log_file("kl-pod-a", &format!("job-{attempt}"))).unwrap_or_default();
+        assert!(log.contains(&format!("stdout F attempt {attempt}")), "{log:?}");
+        cri.remove_container(&id).unwrap_or_else(|e| panic!("remove job: {e}{}", ctx(&cri)));
+    }
+
+    // OOM: a container over its memory limit is reported OOMKilled.
+    let mut hog = Cri::container_config("hog", &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"]);
+    Cri::memory_limit(&mut hog, 24 << 20);
+    let hog = cri.start_container(&a, &pod_a, hog).unwrap_or_else(|e| panic!("hog: {e}{}", ctx(&cri)));
+    let status = cri.wait_exited(&hog, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+    assert_eq!((status.reason.as_str(), status.exit_code), ("OOMKilled", 137), "{status:?}");
+
+    // A container that cannot start: the error says why; the pod lives on.
+    let bad = Cri::container_config("bad", &["/no/such/binary"]);
+    let err = cri.start_container(&a, &pod_a, bad).expect_err("a missing binary cannot start");
+    assert!(err.message().contains("/no/such/binary"), "{err}");
+
+    // Pod → pod over the bridge, between two VMs (pod a still serves after
+    // the failed container).
+    let pod_b = cri.pod_config("kl-pod-b");
+    let b = cri.run_pod(&pod_b).unwrap_or_else(|e| panic!("RunPodSandbox b: {e}{}", ctx(&cri)));
+    assert_ne!(cri.pod_ip(&b).expect("ip b"), ip_a);
+    assert_eq!(test_infra::vmm_processes_with(&state).len(), 2, "one VM per pod");
+    let fetch = format!("until wget -q -O - http://{ip_a}:8080/; do sleep 1; done");
+    let client = cri.start_container(&b, &pod_b, Cri::container_config("client", &["sh", "-c", &fetch]));
+    let client = client.unwrap_or_else(|e| panic!("client: {e}{}", ctx(&cri)));
+    let status = cri.wait_exited(&client, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+    assert_eq!(status.exit_code, 0);
+    let log = std::fs::read_to_string(cri.log_file("kl-pod-b", "client")).unwrap_or_default();
+    assert!(log.contains("stdout F hello-from-kl-pod-a"), "pod b fetched from pod a: {log:?}");
+
+    // Stop and remove: nothing is left (VMs, shims, virtiofsd, mounts,
+    // state, the pods' veths on the bridge, their network namespaces).
+    cri.stop_container(&sidecar, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    for pod in [&b, &a] {
+        cri.remove_pod(pod).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
+    }
+    let left = cri.containerd.wait_clean(Duration::from_secs(60));
+    assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(&cri));
+    assert!(cri.network.ports().is_empty(), "veths left on {}: {:?}", cri.network.bridge, cri.network.ports());
+    let new_netns: Vec<String> = Cri::cni_netns().into_iter().filter(|n| !netns_before.contains(n)).collect();
+    assert!(new_netns.is_empty(), "network namespaces left: {new_netns:?}");
+}
+
+#[test]
+#[ignore = "starts containerd's CRI plugin and our shim"]
+fn bad_pod_configs_are_refused_with_the_reason_and_leave_nothing() {
+    let Some(cri) = setup("bad_pod_configs_are_refused_with_the_reason_and_leave_nothing") else { return };
+    let netns_before = Cri::cni_netns();
+
+    // A VM-size annotation the runtime config does not enable.
+    let mut pod = cri.pod_config("kl-bad-annotation");
+    pod.annotations.insert("io.kata-like.vm.memory_mib".into(), "512".into());
+    let err = cri.run_pod(&pod).expect_err("an annotation the config does not enable");
+    assert!(err.message().contains("io.kata-like.vm.memory_mib is not enabled"), "{err}");
+
+    // A runtime handler whose kata-like config has an unknown option.
+    let pod = cri.pod_config("kl-bad-handler");
+    let req = k8s_cri::v1::RunPodSandboxRequest { config: Some(pod), runtime_handler: BAD_CONFIG_HANDLER.into() };
+    let err = cri.call(|mut c| async move { c.run_pod_sandbox(req).await }).expect_err("a bad runtime config");
+    assert!(err.message().contains("no_such_option"), "{err}");
+
+    // An unknown handler.
+    let pod = cri.pod_config("kl-no-handler");
+    let req = k8s_cri::v1::RunPodSandboxRequest { config: Some(pod), runtime_handler: "no-such-handler".into() };
+    let err = cri.call(|mut c| async move { c.run_pod_sandbox(req).await }).expect_err("an unknown handler");
+    assert!(err.message().contains("no-such-handler"), "{err}");
+
+    let left = cri.containerd.wait_clean(Duration::from_secs(60));
+    assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(&cri));
+    assert!(cri.network.ports().is_empty(), "veths left: {:?}", cri.network.ports());
+    let new_netns: Vec<String> = Cri::cni_netns().into_iter().filter(|n| !netns_before.contains(n)).collect();
+    assert!(new_netns.is_empty(), "network namespaces left: {new_netns:?}");
+}
