@@ -7,7 +7,8 @@
 #                 the side-by-side baseline), libseccomp-dev libcap-ng-dev pkg-config
 #                 (to build virtiofsd)
 #   networking:   iproute2 (ip, tc: the pod-network and virtio-net tests),
-#                 containernetworking-plugins (bridge, host-local, loopback: CNI for the CRI tests)
+#                 containernetworking-plugins (bridge, host-local, loopback: CNI for the CRI tests),
+#                 iptables (the shim's port-forward redirect in a pod's network namespace)
 #   CRI tests:    protobuf-compiler (the k8s-cri crate generates its client with protoc)
 # and virtiofsd itself from crates.io, cached outside the repository by version.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -15,7 +16,7 @@ need_root "scripts/install-deps.sh"
 
 packages=(build-essential flex bison bc libelf-dev libssl-dev linux-source-6.1 busybox-static qemu-system-x86 cpio
           containerd runc libseccomp-dev libcap-ng-dev pkg-config iproute2
-          containernetworking-plugins protobuf-compiler)
+          containernetworking-plugins protobuf-compiler iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

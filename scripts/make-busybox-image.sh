@@ -43,8 +43,8 @@ add_blob() {
 manifest_for() {
     local user=""
     [ -n "$2" ] && user='"User":"'$2'",'
-    printf '{"architecture":"amd64","os":"linux","config":{%s"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["/bin/sh"],"WorkingDir":"%s"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"kata-like scripts/make-busybox-image.sh"}]}' \
-        "$user" "$3" "$layer_sum" > "$work/config-$1.json"
+    printf '{"architecture":"amd64","os":"linux","config":{%s"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":%s,"WorkingDir":"%s"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"kata-like scripts/make-busybox-image.sh"}]}' \
+        "$user" "$4" "$3" "$layer_sum" > "$work/config-$1.json"
     read -r config_sum config_size < <(add_blob "$work/config-$1.json")
     printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
         "$config_sum" "$config_size" "$layer_sum" "$layer_size" > "$work/manifest-$1.json"
@@ -52,10 +52,13 @@ manifest_for() {
     printf '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/library/kata-like-busybox:%s","org.opencontainers.image.ref.name":"%s"}}' \
         "$manifest_sum" "$manifest_size" "$1" "$1"
 }
-latest=$(manifest_for latest "" /)
-user=$(manifest_for user user /home/user)
+latest=$(manifest_for latest "" / '["/bin/sh"]')
+user=$(manifest_for user user /home/user '["/bin/sh"]')
+# A pod sandbox ("pause") image for the CRI tests' runc baseline: it must
+# keep running, as registry.k8s.io/pause does (no registry is reachable).
+pause=$(manifest_for pause "" / '["/bin/sleep","2147483647"]')
 printf '{"imageLayoutVersion":"1.0.0"}' > "$work/oci/oci-layout"
-printf '{"schemaVersion":2,"manifests":[%s,%s]}' "$latest" "$user" > "$work/oci/index.json"
+printf '{"schemaVersion":2,"manifests":[%s,%s,%s]}' "$latest" "$user" "$pause" > "$work/oci/index.json"
 tar --sort=name --mtime=@0 --numeric-owner -C "$work/oci" -cf "$out.tmp" .
 mv "$out.tmp" "$out"
 echo "$sum" > "$stamp"

@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,37 +98,24 @@ fn set_timeout(conn: &std::fs::File, timeout: Option<Duration>) {
 /// Accepts forward connections on `listener` forever.
 pub fn serve(listener: OwnedFd) {
     let open = Arc::new(AtomicUsize::new(0));
-    let spawned = std::thread::Builder::new().name("forward-accept".into()).spawn(move || loop {
-        match nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
-            Ok(raw) => {
-                // SAFETY: accept4 returned a new descriptor that we own.
-                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    open.fetch_sub(1, Ordering::SeqCst);
-                    let _ = std::fs::File::from(fd).write_all(b"ERR too many forwarded connections\n");
-                    continue;
-                }
-                let open = open.clone();
-                let spawned = std::thread::Builder::new().name("forward".into()).spawn(move || {
-                    if let Err(e) = handle(fd) {
-                        tracing::info!(error = %e, "port forward refused");
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-                if spawned.is_err() {
-                    tracing::error!("cannot start a port-forward thread");
-                }
+    crate::container::stdio::accept_forever(listener, "forward", move |fd| {
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            let _ = std::fs::File::from(fd).write_all(b"ERR too many forwarded connections\n");
+            return;
+        }
+        let slot = open.clone();
+        let spawned = std::thread::Builder::new().name("forward".into()).spawn(move || {
+            if let Err(e) = handle(fd) {
+                tracing::info!(error = %e, "port forward refused");
             }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "port-forward listener failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            slot.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!("cannot start a port-forward thread");
         }
     });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the port forwarder");
-    }
 }
 
 #[cfg(test)]

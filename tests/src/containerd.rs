@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub const RUNTIME: &str = "io.containerd.kata-like.v2";
 /// The test image's name.
 pub const IMAGE: &str = "docker.io/library/kata-like-busybox:latest";
+/// The same running `sleep` forever: the CRI sandbox ("pause") image.
+pub const IMAGE_PAUSE: &str = "docker.io/library/kata-like-busybox:pause";
 /// The same with User `user` (1000:1000) and WorkingDir /home/user in its
 /// image config.
 pub const IMAGE_USER: &str = "docker.io/library/kata-like-busybox:user";
@@ -57,6 +59,8 @@ impl Containerd {
     /// containernetworking-plugins), the test image as the sandbox image
     /// (imported into CRI's `k8s.io` namespace as well), a streaming server
     /// on 127.0.0.1, and `io.kata-like.*` pod annotations passed to us.
+    /// `restrict_oom_score_adj`: this host (a container itself) may not
+    /// lower oom_score_adj, which CRI asks for the sandbox (-998).
     pub fn start_cri(cni_conf_dir: &Path) -> Result<Containerd, String> {
         Self::start_with(Some(cni_conf_dir))
     }
@@ -73,7 +77,7 @@ impl Containerd {
             // concurrent boots on two cores take up to five times as long
             // (guest init at 170-270 s instead of 35 s).
             format!(
-                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 600\nrpc_timeout_secs = 240\n",
+                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 1200\nrpc_timeout_secs = 240\n",
                 kata_state.display()
             ),
         )
@@ -85,7 +89,7 @@ impl Containerd {
             &config,
             format!(
                 "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{IMAGE}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{IMAGE_PAUSE}\"\n\
                    stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n\

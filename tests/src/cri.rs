@@ -320,21 +320,6 @@ impl Cri {
         Ok(status.network.map(|n| n.ip).unwrap_or_default())
     }
 
-    /// The pod's network namespace path, from PodSandboxStatus's verbose
-    /// info (the sandbox's runtime spec).
-    pub fn pod_netns(&self, id: &str) -> Result<String, String> {
-        let req = k8s_cri::v1::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
-        let status = self.call(|mut c| async move { c.pod_sandbox_status(req).await }).map_err(|e| e.to_string())?;
-        let info: serde_json::Value = serde_json::from_str(status.info.get("info").ok_or("no verbose info")?)
-            .map_err(|e| format!("verbose info: {e}"))?;
-        info.pointer("/runtimeSpec/linux/namespaces")
-            .and_then(serde_json::Value::as_array)
-            .and_then(|list| list.iter().find(|n| n["type"] == "network"))
-            .and_then(|n| n["path"].as_str())
-            .map(str::to_string)
-            .ok_or_else(|| format!("no network namespace path in {info}"))
-    }
-
     /// The CRI log file of a container of pod `pod_name`.
     pub fn log_file(&self, pod_name: &str, container_name: &str) -> PathBuf {
         self.logs.path().join(pod_name).join(format!("{container_name}.log"))

@@ -18,6 +18,7 @@ use std::time::Duration;
 pub mod bench;
 pub mod containerd;
 pub mod cri;
+pub mod cri_stream;
 
 use kata_like_runtime::artifacts;
 use kata_like_runtime::sandbox::VmSpec;

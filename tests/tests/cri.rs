@@ -6,9 +6,13 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use k8s_cri::v1::{ContainerStatsRequest, LinuxContainerResources, UpdateContainerResourcesRequest};
+use k8s_cri::v1::{
+    AttachRequest, ContainerStatsRequest, ExecRequest, LinuxContainerResources, PortForwardRequest,
+    UpdateContainerResourcesRequest,
+};
 use test_infra::containerd::BAD_CONFIG_HANDLER;
 use test_infra::cri::Cri;
+use test_infra::cri_stream::Session;
 
 fn setup(test: &str) -> Option<Cri> {
     test_infra::vm_test(test)?;
@@ -102,9 +106,11 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
             "sh",
             "-c",
             "until wget -q -O /data/fetched http://127.0.0.1:8080/; do sleep 1; done; \
-             echo fetched $(cat /data/fetched); cat /config/app.conf; echo to-stderr >&2; exec sleep 100000",
+             echo fetched $(cat /data/fetched); cat /config/app.conf; echo to-stderr >&2; \
+             while read line; do echo got-$line; done",
         ],
     );
+    sidecar.stdin = true;
     sidecar.mounts = vec![
         Cri::mount(&data, "/data", false),
         Cri::mount(&config_file, "/config/app.conf", true),
@@ -168,20 +174,43 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     // Host → pod TCP, over the CNI bridge, through the tap into the VM.
     assert_eq!(http_get(&ip_a, 8080).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri))), "hello-from-kl-pod-a\n");
 
-    // What containerd's PortForward does: connect to localhost:<port> in
-    // the pod's network namespace on the host. The shim's redirect carries
-    // it into the guest's localhost.
-    let netns = cri.pod_netns(&a).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
-    let forwarded = std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).map_err(|e| format!("{netns}: {e}"))?;
-        // SAFETY: setns(2) on this thread only, with a namespace fd we own.
-        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("setns {netns}: {}", std::io::Error::last_os_error()));
-        }
-        http_get("127.0.0.1", 8080)
-    });
-    let body = forwarded.join().expect("thread").unwrap_or_else(|e| panic!("port-forward path: {e}{}", ctx(&cri)));
-    assert_eq!(body, "hello-from-kl-pod-a\n");
+    // kubectl port-forward: CRI PortForward, then containerd's streaming
+    // server connects to localhost:8080 in the pod's network namespace,
+    // which the shim carries into the guest's localhost.
+    let req = PortForwardRequest { pod_sandbox_id: a.clone(), port: vec![8080] };
+    let url = cri.call(|mut c| async move { c.port_forward(req).await }).expect("PortForward").url;
+    let reply = Session::open(&url, "?port=8080")
+        .and_then(|s| s.forward(8080, b"GET / HTTP/1.0\r\n\r\n"))
+        .unwrap_or_else(|e| panic!("port-forward: {e}{}", ctx(&cri)));
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.") && reply.ends_with("\r\n\r\nhello-from-kl-pod-a\n"), "{reply:?}");
+
+    // kubectl exec -i: a streaming Exec with stdin, stdout, stderr and the
+    // exit code in the final status.
+    let req = ExecRequest {
+        container_id: server.clone(),
+        cmd: ["sh", "-c", "read x; echo got-$x; echo to-stderr >&2; exit 3"].map(String::from).to_vec(),
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let url = cri.call(|mut c| async move { c.exec(req).await }).expect("Exec").url;
+    let outcome = Session::open(&url, "")
+        .and_then(|mut s| s.send(0, b"ping\n").map(|()| s))
+        .and_then(Session::outcome)
+        .unwrap_or_else(|e| panic!("exec stream: {e}{}", ctx(&cri)));
+    assert_eq!((outcome.stdout.as_str(), outcome.stderr.as_str()), ("got-ping\n", "to-stderr\n"), "{outcome:?}");
+    assert_eq!(outcome.exit_code(), Some(3), "{outcome:?}");
+
+    // kubectl attach: the sidecar's stdin and stdout, live.
+    let req = AttachRequest { container_id: sidecar.clone(), stdin: true, stdout: true, stderr: true, tty: false };
+    let url = cri.call(|mut c| async move { c.attach(req).await }).expect("Attach").url;
+    let mut attached = Session::open(&url, "").unwrap_or_else(|e| panic!("attach: {e}{}", ctx(&cri)));
+    attached.send(0, b"attached\n").expect("send");
+    let echoed = attached.read_until(1, "got-attached\n").unwrap_or_else(|e| panic!("attach: {e}{}", ctx(&cri)));
+    assert!(echoed.contains("got-attached\n"), "{echoed:?}");
+    drop(attached);
 
     // Stats, and a resource update seen inside the guest.
     let stats_req = ContainerStatsRequest { container_id: server.clone() };

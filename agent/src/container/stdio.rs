@@ -124,24 +124,30 @@ impl IoHub {
     /// so a silent peer cannot block others).
     pub fn serve(self: &Arc<Self>, listener: OwnedFd) {
         let hub = self.clone();
-        let spawned = std::thread::Builder::new().name("stdio-accept".into()).spawn(move || loop {
-            match nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
-                Ok(raw) => {
-                    // SAFETY: accept4 returned a new descriptor that we own.
-                    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                    let hub = hub.clone();
-                    let _ = std::thread::Builder::new().name("stdio-header".into()).spawn(move || hub.accept(fd));
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "stdio listener failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
+        accept_forever(listener, "stdio", move |fd| {
+            let hub = hub.clone();
+            let _ = std::thread::Builder::new().name("stdio-header".into()).spawn(move || hub.accept(fd));
         });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the stdio listener");
+    }
+}
+
+/// Accepts connections on `listener` on a thread `<name>-accept` forever,
+/// handing each to `on_connection`; accept errors are logged and retried.
+pub fn accept_forever(listener: OwnedFd, name: &str, mut on_connection: impl FnMut(OwnedFd) + Send + 'static) {
+    let label = name.to_string();
+    let spawned = std::thread::Builder::new().name(format!("{name}-accept")).spawn(move || loop {
+        match nix::sys::socket::accept4(listener.as_raw_fd(), nix::sys::socket::SockFlag::SOCK_CLOEXEC) {
+            // SAFETY: accept4 returned a new descriptor that we own.
+            Ok(raw) => on_connection(unsafe { OwnedFd::from_raw_fd(raw) }),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!(error = %e, listener = label, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, listener = name, "cannot start a listener thread");
     }
 }
 

@@ -86,6 +86,9 @@ pub fn remove_tree(dir: &Path) {
             log::warn!("remove {}: {e}", path.display());
         }
     }
+    if std::fs::symlink_metadata(dir).is_err() {
+        return;
+    }
     if is_mount_root(dir) {
         log::warn!("left {}: still mounted", dir.display());
         return;
