@@ -177,6 +177,12 @@ impl Containerd {
         kata_like_runtime::sandbox::tail(&self.log_path(), 30)
     }
 
+    /// The lines of containerd's log (shims' included) containing `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> String {
+        let text = std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        text.lines().filter(|l| l.contains(needle)).collect::<Vec<_>>().join("\n")
+    }
+
     /// What a finished test must not leave behind: shim, VMM and virtiofsd
     /// processes, mounts and state under our private directory.
     pub fn leftovers(&self) -> Vec<String> {

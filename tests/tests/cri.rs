@@ -42,6 +42,16 @@ fn http_get(ip: &str, port: u16) -> Result<String, String> {
     Ok(reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
 }
 
+/// The NAT rules in the network namespace a containerd port-forward error
+/// names (`… network namespace "/var/run/netns/cni-…" …`), for diagnosis.
+fn netns_nat_rules(error: &str) -> String {
+    let Some(path) = error.split('"').find(|p| p.starts_with("/var/run/netns/")) else {
+        return "(no namespace in the error)".into();
+    };
+    let name = path.trim_start_matches("/var/run/netns/");
+    test_infra::ip(&["netns", "exec", name, "iptables", "-t", "nat", "-S"]).unwrap_or_else(|e| e)
+}
+
 /// A memory-backed emptyDir as kubelet makes it: a tmpfs at
 /// `…/volumes/kubernetes.io~empty-dir/<name>`.
 struct EmptyDir(std::path::PathBuf);
@@ -181,7 +191,11 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     let url = cri.call(|mut c| async move { c.port_forward(req).await }).expect("PortForward").url;
     let reply = Session::open(&url, "?port=8080")
         .and_then(|s| s.forward(8080, b"GET / HTTP/1.0\r\n\r\n"))
-        .unwrap_or_else(|e| panic!("port-forward: {e}{}", ctx(&cri)));
+        .unwrap_or_else(|e| {
+            let shim = cri.containerd.log_lines_with("port-forward");
+            let nat = netns_nat_rules(&e);
+            panic!("port-forward: {e}\n--- shim port-forward lines ---\n{shim}\n--- NAT rules in the pod netns ---\n{nat}{}", ctx(&cri))
+        });
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.") && reply.ends_with("\r\n\r\nhello-from-kl-pod-a\n"), "{reply:?}");
 

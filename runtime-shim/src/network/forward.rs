@@ -52,6 +52,7 @@ pub fn listen_here() -> Result<TcpListener, String> {
     if !out.status.success() {
         return Err(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }
+    log::info!("port-forward: localhost TCP in the pod namespace is redirected to 127.0.0.1:{port}");
     Ok(listener)
 }
 
