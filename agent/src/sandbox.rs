@@ -55,11 +55,7 @@ pub fn setup(req: &SetupSandboxRequest, shared_root: &Path) -> Result<(), String
     }
     if !req.shared_fs_tag.is_empty() {
         std::fs::create_dir_all(shared_root).map_err(|e| format!("{}: {e}", shared_root.display()))?;
-        let already = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(' ').nth(4) == Some(&shared_root.display().to_string()));
-        if !already {
+        if !crate::storage::mounted(shared_root) {
             nix::mount::mount(
                 Some(req.shared_fs_tag.as_str()),
                 shared_root,

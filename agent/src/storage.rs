@@ -32,7 +32,8 @@ pub fn validate(storage: &Storage) -> Result<(), String> {
     Ok(())
 }
 
-fn mounted(path: &Path) -> bool {
+/// Whether `path` is a mount point in the agent's mount namespace.
+pub fn mounted(path: &Path) -> bool {
     let shown = path.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

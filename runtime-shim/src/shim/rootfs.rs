@@ -52,7 +52,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 
 /// Whether `path` is the root of a mount (statx STATX_ATTR_MOUNT_ROOT, which
 /// also sees binds within one file system).
-fn is_mount_root(path: &Path) -> bool {
+pub fn is_mount_root(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
     // SAFETY: an all-zero statx is a valid value for the kernel to fill.

@@ -329,13 +329,7 @@ impl Service {
             return;
         }
         self.update_proc(id, "", |p| p.status = Status::STOPPED);
-        let mut ev = TaskExit::new();
-        ev.container_id = id.to_string();
-        ev.id = id.to_string();
-        ev.pid = proc.pid;
-        ev.exit_status = status;
-        ev.exited_at = protobuf::MessageField::some(at);
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+        self.publish_exit(id, "", proc.pid, status, at).await;
     }
 
     /// Starts the virtual sandbox: it runs until killed or until the VM
@@ -402,14 +396,19 @@ impl Service {
             }
             service.update_proc(&id, &exec_id, |p| p.status = Status::STOPPED);
             let _ = proc.exit_tx.send(Some((status, at.clone())));
-            let mut ev = TaskExit::new();
-            ev.container_id = id.clone();
-            ev.id = if exec_id.is_empty() { id.clone() } else { exec_id.clone() };
-            ev.pid = proc.pid;
-            ev.exit_status = status;
-            ev.exited_at = protobuf::MessageField::some(at);
-            service.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
+            service.publish_exit(&id, &exec_id, proc.pid, status, at).await;
         });
+    }
+
+    /// TaskExit of process `exec_id` ("" = init) of container `id`.
+    async fn publish_exit(&self, id: &str, exec_id: &str, pid: u32, status: u32, at: Timestamp) {
+        let mut ev = TaskExit::new();
+        ev.container_id = id.to_string();
+        ev.id = if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() };
+        ev.pid = pid;
+        ev.exit_status = status;
+        ev.exited_at = protobuf::MessageField::some(at);
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
     }
 
     async fn publish_delete(&self, id: &str, pid: u32, status: u32, at: Timestamp) {

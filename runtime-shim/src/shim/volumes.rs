@@ -30,12 +30,8 @@ pub const GUEST_SHM: &str = "shm";
 
 /// Whether `path` is the root of a host tmpfs mount.
 fn tmpfs_mount_point(path: &Path) -> bool {
-    let shown = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| {
-        let fields: Vec<&str> = l.split(' ').collect();
-        let fstype = fields.iter().position(|f| *f == "-").and_then(|i| fields.get(i + 1));
-        fields.get(4) == Some(&shown.as_str()) && fstype == Some(&"tmpfs")
-    })
+    let tmpfs = nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    tmpfs && super::rootfs::is_mount_root(path)
 }
 
 /// The size limit of the file system at `path`, in bytes.
@@ -45,9 +41,7 @@ fn fs_size(path: &Path) -> u64 {
 
 /// Whether a spec mount is a bind mount.
 fn is_bind(m: &Value) -> bool {
-    let options = m.get("options").and_then(Value::as_array);
-    m.get("type").and_then(Value::as_str) == Some("bind")
-        || options.is_some_and(|o| o.iter().any(|v| matches!(v.as_str(), Some("bind" | "rbind"))))
+    m.get("type").and_then(Value::as_str) == Some("bind") || has_option(m, "bind") || has_option(m, "rbind")
 }
 
 fn has_option(m: &Value, name: &str) -> bool {
