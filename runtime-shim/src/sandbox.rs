@@ -49,6 +49,9 @@ pub struct VmSpec {
     pub shared: Option<crate::virtiofsd::SharedFs>,
     /// A NIC on an open tap (pod networking).
     pub net: Option<NetDevice>,
+    /// The host cgroup the VMM and virtiofsd join (the spec's
+    /// `cgroupsPath`); removed when the VM is gone.
+    pub cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
 }
 
 /// A virtio-net device for the VM on a tap the caller opened.
@@ -133,12 +136,14 @@ pub struct SandboxVm {
     client: AgentClient,
     health: HealthResponse,
     times: BootTimes,
+    /// Dropped (and removed) after the processes in it are stopped.
+    _cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
 }
 
 /// Stops a VMM: SIGTERM (it removes its socket, flushes its console), then
 /// SIGKILL if it is still there after [`TERM_GRACE`]; reaps it either way.
 fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
+    if let Ok(Some(_)) = crate::child::try_wait(child) {
         return;
     }
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
@@ -147,13 +152,13 @@ fn stop(child: &mut Child) {
     }
     let deadline = Instant::now() + TERM_GRACE;
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(_)) = crate::child::try_wait(child) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = crate::child::wait(child);
 }
 
 /// Removes a VM's state directory, unless KATA_LIKE_KEEP_STATE is set: then
@@ -209,7 +214,8 @@ impl SandboxVm {
         let mut virtiofsd = match &spec.shared {
             Some(shared) => {
                 let socket = state_path.join("virtiofsd.sock");
-                let child = crate::virtiofsd::start(shared, &socket, &state_path.join("virtiofsd.log"))
+                let log = state_path.join("virtiofsd.log");
+                let child = crate::virtiofsd::start(shared, &socket, &log, spec.cgroup.as_deref())
                     .map_err(SandboxError::Virtiofsd)?;
                 Some((child, format!("{}={}", shared.tag, socket.display())))
             }
@@ -259,6 +265,9 @@ impl SandboxVm {
             }
         }
         command.args(&spec.vmm_args);
+        if let Some(cgroup) = &spec.cgroup {
+            cgroup.join_on_exec(&mut command);
+        }
         let started = Instant::now();
         let mut child = match crate::child::spawn_tied(command) {
             Ok(child) => child,
@@ -272,11 +281,11 @@ impl SandboxVm {
 
         let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || {
             if let Some((fsd, _)) = virtiofsd.as_mut() {
-                if let Ok(Some(status)) = fsd.try_wait() {
+                if let Ok(Some(status)) = crate::child::try_wait(fsd) {
                     return Err(format!("virtiofsd exited ({status})"));
                 }
             }
-            match child.try_wait() {
+            match crate::child::try_wait(&mut child) {
                 Ok(Some(status)) => Err(format!("the VMM exited ({status})")),
                 Ok(None) => Ok(()),
                 Err(e) => Err(format!("cannot check the VMM process: {e}")),
@@ -316,6 +325,7 @@ impl SandboxVm {
             client,
             health,
             times,
+            _cgroup: spec.cgroup.clone(),
         })
     }
 
@@ -343,11 +353,11 @@ impl SandboxVm {
     /// a guest that reset on panic.
     pub fn exited(&mut self) -> Option<String> {
         if let Some(fsd) = self.virtiofsd.as_mut() {
-            if let Ok(Some(status)) = fsd.try_wait() {
+            if let Ok(Some(status)) = crate::child::try_wait(fsd) {
                 return Some(format!("virtiofsd exited ({status})"));
             }
         }
-        match self.child.as_mut().map(Child::try_wait) {
+        match self.child.as_mut().map(crate::child::try_wait) {
             Some(Ok(Some(status))) => Some(format!("the VMM exited ({status})")),
             Some(Ok(None)) => None,
             Some(Err(e)) => Some(format!("cannot check the VMM: {e}")),
@@ -402,7 +412,7 @@ impl SandboxVm {
         };
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = child.try_wait().map_err(io_err("waiting for the VMM"))? {
+            if let Some(status) = crate::child::try_wait(&mut child).map_err(io_err("waiting for the VMM"))? {
                 if let Some(mut fsd) = self.virtiofsd.take() {
                     stop(&mut fsd);
                 }
@@ -455,6 +465,7 @@ mod tests {
             state_dir: None,
             shared: None,
             net: None,
+            cgroup: None,
         };
         let err = SandboxVm::start(&spec).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");

@@ -49,7 +49,12 @@ pub fn check_socket_path(socket: &Path) -> Result<(), String> {
 }
 
 /// Starts virtiofsd on `socket`, logging to `log`, and waits for its socket.
-pub fn start(fs: &SharedFs, socket: &Path, log: &Path) -> Result<Child, String> {
+pub fn start(
+    fs: &SharedFs,
+    socket: &Path,
+    log: &Path,
+    cgroup: Option<&crate::cgroup::HostCgroup>,
+) -> Result<Child, String> {
     check_socket_path(socket)?;
     if !fs.virtiofsd.exists() {
         return Err(format!(
@@ -72,11 +77,14 @@ pub fn start(fs: &SharedFs, socket: &Path, log: &Path) -> Result<Child, String> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file);
+    if let Some(cgroup) = cgroup {
+        cgroup.join_on_exec(&mut command);
+    }
     let mut child =
         crate::child::spawn_tied(command).map_err(|e| format!("cannot start {}: {e}", fs.virtiofsd.display()))?;
     let deadline = Instant::now() + SOCKET_TIMEOUT;
     while !socket.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = crate::child::try_wait(&mut child) {
             return Err(format!(
                 "virtiofsd exited ({status}) before creating its socket: {}",
                 crate::sandbox::tail(log, 5)
@@ -84,7 +92,7 @@ pub fn start(fs: &SharedFs, socket: &Path, log: &Path) -> Result<Child, String> 
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = crate::child::wait(&mut child);
             return Err(format!("virtiofsd did not create {} within {SOCKET_TIMEOUT:?}", socket.display()));
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -113,6 +113,66 @@ fn namespaces() -> NamespaceOption {
     }
 }
 
+/// Pod cgroups under `/sys/fs/cgroup[/<hierarchy>]/<root>/<pod>`, as
+/// kubelet's cgroupfs driver names them (kubelet creates them; here the
+/// runtimes create them on first use). Removed, deepest first, on drop.
+#[derive(Debug)]
+pub struct PodCgroups {
+    root: String,
+}
+
+impl PodCgroups {
+    fn new() -> PodCgroups {
+        PodCgroups { root: format!("kl-cri-{}", std::process::id()) }
+    }
+
+    /// The pod's `cgroup_parent`.
+    pub fn parent(&self, pod: &str) -> String {
+        format!("/{}/{pod}", self.root)
+    }
+
+    /// `<root>` in every mounted hierarchy (one on a cgroup v2 host).
+    fn roots(&self) -> Vec<PathBuf> {
+        let base = Path::new("/sys/fs/cgroup");
+        if base.join("cgroup.controllers").exists() {
+            return vec![base.join(&self.root)];
+        }
+        let Ok(entries) = std::fs::read_dir(base) else { return Vec::new() };
+        entries.flatten().map(|e| e.path().join(&self.root)).filter(|p| p.is_dir()).collect()
+    }
+
+    /// The cgroups below pod `pod`'s, in every hierarchy.
+    pub fn children(&self, pod: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for root in self.roots() {
+            if let Ok(entries) = std::fs::read_dir(root.join(pod)) {
+                found.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        found
+    }
+}
+
+/// Removes a cgroup directory tree (cgroupfs takes rmdir only).
+fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for root in self.roots() {
+            remove_cgroup(&root);
+        }
+    }
+}
+
 /// A private containerd with CRI and CNI, and a CRI client to it.
 #[derive(Debug)]
 pub struct Cri {
@@ -120,6 +180,8 @@ pub struct Cri {
     runtime: RuntimeServiceClient<Channel>,
     /// The containerd (dropped after the client).
     pub containerd: Containerd,
+    /// The pods' host cgroups (removed after containerd stops).
+    pub cgroups: PodCgroups,
     /// Its CNI network.
     pub network: CniBridge,
     logs: tempfile::TempDir,
@@ -152,7 +214,8 @@ impl Cri {
             })
             .map_err(|e| format!("connect to CRI: {e}"))?;
         let logs = tempfile::Builder::new().prefix("kl-pod-logs-").tempdir().map_err(|e| e.to_string())?;
-        Ok(Cri { rt, runtime: RuntimeServiceClient::new(channel), containerd, network, logs })
+        let cgroups = PodCgroups::new();
+        Ok(Cri { rt, runtime: RuntimeServiceClient::new(channel), containerd, cgroups, network, logs })
     }
 
     /// Runs a RuntimeService call.
@@ -188,6 +251,7 @@ impl Cri {
                     namespace_options: Some(namespaces()),
                     ..Default::default()
                 }),
+                cgroup_parent: self.cgroups.parent(name),
                 ..Default::default()
             }),
             ..Default::default()

@@ -92,6 +92,7 @@ impl Artifacts {
             state_dir: None,
             shared: None,
             net: None,
+            cgroup: None,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use k8s_cri::v1::{
-    AttachRequest, ContainerStatsRequest, ExecRequest, LinuxContainerResources, PortForwardRequest,
-    UpdateContainerResourcesRequest,
+    AttachRequest, ContainerStatsRequest, ExecRequest, LinuxContainerResources, PodSandboxStatsRequest,
+    PortForwardRequest, UpdateContainerResourcesRequest,
 };
 use test_infra::containerd::BAD_CONFIG_HANDLER;
 use test_infra::cri::Cri;
@@ -233,6 +233,23 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     let memory = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
     let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
     assert!(memory > 0 && cpu > 0, "working set {memory}, cpu {cpu}");
+
+    // PodSandboxStats: containerd reads the pod's host cgroup, where the
+    // VMM and virtiofsd run (in the sandbox's cgroup below it).
+    let parent = cri.cgroups.parent("kl-pod-a");
+    for pid in test_infra::vmm_processes_with(&state) {
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(cgroups.contains(&format!("{parent}/")), "the VMM {pid} is in the pod cgroup {parent}: {cgroups}");
+    }
+    let pod_stats_req = PodSandboxStatsRequest { pod_sandbox_id: a.clone() };
+    let pod_stats = cri
+        .call(|mut c| async move { c.pod_sandbox_stats(pod_stats_req).await })
+        .unwrap_or_else(|e| panic!("PodSandboxStats: {e}{}", ctx(&cri)));
+    let linux = pod_stats.stats.and_then(|s| s.linux).expect("linux pod stats");
+    let pod_memory = linux.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+    let pod_cpu = linux.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+    assert!(pod_memory > 16 << 20, "the pod's working set includes the VM: {pod_memory} bytes");
+    assert!(pod_cpu > 0, "pod cpu {pod_cpu}");
     let update = UpdateContainerResourcesRequest {
         container_id: server.clone(),
         linux: Some(LinuxContainerResources { memory_limit_in_bytes: 96 << 20, ..Default::default() }),
@@ -258,11 +275,14 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
         cri.remove_container(&id).unwrap_or_else(|e| panic!("remove job: {e}{}", ctx(&cri)));
     }
 
-    // OOM: a container over its memory limit is reported OOMKilled.
-    let mut hog = Cri::container_config("hog", &["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"]);
-    Cri::memory_limit(&mut hog, 24 << 20);
+    // OOM: a container over its memory limit is reported OOMKilled. One
+    // 64 MiB read buffer touches each page once: every guest page fault is
+    // emulated here (~10 ms), so a small limit and no re-copying keep this
+    // near a minute (a doubling shell string took over 3 min under CI load).
+    let mut hog = Cri::container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    Cri::memory_limit(&mut hog, 12 << 20);
     let hog = cri.start_container(&a, &pod_a, hog).unwrap_or_else(|e| panic!("hog: {e}{}", ctx(&cri)));
-    let status = cri.wait_exited(&hog, Duration::from_secs(180)).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+    let status = cri.wait_exited(&hog, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
     assert_eq!((status.reason.as_str(), status.exit_code), ("OOMKilled", 137), "{status:?}");
 
     // A container that cannot start: the error says why; the pod lives on.
@@ -295,6 +315,10 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     assert!(cri.network.ports().is_empty(), "veths left on {}: {:?}", cri.network.bridge, cri.network.ports());
     let new_netns: Vec<String> = Cri::cni_netns().into_iter().filter(|n| !netns_before.contains(n)).collect();
     assert!(new_netns.is_empty(), "network namespaces left: {new_netns:?}");
+    for pod in ["kl-pod-a", "kl-pod-b"] {
+        let left = cri.cgroups.children(pod);
+        assert!(left.is_empty(), "sandbox cgroups left in pod {pod}: {left:?}");
+    }
 }
 
 #[test]

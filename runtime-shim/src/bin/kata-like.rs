@@ -139,6 +139,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         state_dir: None,
         shared: None,
         net: None,
+        cgroup: None,
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {

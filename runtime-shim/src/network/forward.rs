@@ -48,7 +48,9 @@ pub fn listen_here() -> Result<TcpListener, String> {
         "--to-ports",
         &port,
     ];
-    let out = std::process::Command::new("iptables").args(args).output().map_err(|e| format!("iptables: {e}"))?;
+    let mut iptables = std::process::Command::new("iptables");
+    iptables.args(args);
+    let out = crate::child::output(iptables).map_err(|e| format!("iptables: {e}"))?;
     if !out.status.success() {
         return Err(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }

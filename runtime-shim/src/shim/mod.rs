@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 
@@ -88,6 +89,28 @@ impl Shim for KataShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        collect_reaped_exits().await;
         service::Service::new(self.namespace.clone(), publisher, self.exit.clone())
+    }
+}
+
+/// The shim crate's SIGCHLD handler reaps every child of the process; the
+/// exits it publishes go to [`crate::child`], where waits on our own
+/// children (VMM, virtiofsd, iptables) find them. Subscribed before the
+/// task service starts, so before any child exists.
+async fn collect_reaped_exits() {
+    match monitor_subscribe(Topic::Pid).await {
+        Ok(mut sub) => {
+            tokio::spawn(async move {
+                while let Some(event) = sub.rx.recv().await {
+                    if let Subject::Pid(pid) = event.subject {
+                        if let Ok(pid) = u32::try_from(pid) {
+                            crate::child::record_reaped(pid, event.exit_code);
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => log::error!("cannot subscribe to child exits: {e}; exit statuses may be lost"),
     }
 }

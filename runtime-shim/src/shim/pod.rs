@@ -106,6 +106,11 @@ pub fn adapt_namespaces(spec: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
+/// The spec's `linux.cgroupsPath` ("" when unset): the VM's host cgroup.
+pub fn cgroups_path(spec: &Value) -> String {
+    spec.pointer("/linux/cgroupsPath").and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
 /// The guest set-up a sandbox spec asks for beyond the defaults.
 pub fn setup_request(spec: &Value) -> SetupSandboxRequest {
     let mut req = SetupSandboxRequest::new();

@@ -17,7 +17,7 @@ pub fn make_shared_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -47,6 +47,9 @@ pub struct BootOptions {
     /// The SetupSandbox request to send (hostname); entropy, clock and
     /// shared file system are filled in here.
     pub setup: SetupSandboxRequest,
+    /// The first container's `linux.cgroupsPath`: the host cgroup of the
+    /// VMM and virtiofsd ([`crate::cgroup`]).
+    pub cgroups_path: String,
 }
 
 /// The state directory's name for sandbox `id`: the id, or for long ids
@@ -101,6 +104,7 @@ impl Sandbox {
                 NetDevice { tap: std::sync::Arc::new(pod.tap), mac: pod.interface.mac.clone(), mtu: pod.interface.mtu };
             (device, request)
         });
+        let cgroup = crate::cgroup::HostCgroup::create(&opts.cgroups_path)?.map(std::sync::Arc::new);
         let spec = VmSpec {
             vmm: config.vmm.clone(),
             kernel: config.kernel.clone(),
@@ -120,6 +124,7 @@ impl Sandbox {
                 extra_args: config.virtiofsd_args.clone(),
             }),
             net: network.as_ref().map(|(device, _)| device.clone()),
+            cgroup,
         };
         let begin = std::time::Instant::now();
         let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;

@@ -189,6 +189,7 @@ impl Service {
         let (state, shared) = Sandbox::prepare(config, first).map_err(|e| err(Code::INTERNAL, e))?;
         Sandbox::mark_bundle(bundle, &state);
         let setup = pod::setup_request(spec);
+        let cgroups_path = pod::cgroups_path(spec);
         let config = config.clone();
         let (state2, shared2) = (state.clone(), shared.clone());
         let booted = blocking(move || -> Result<Sandbox, String> {
@@ -196,7 +197,7 @@ impl Service {
                 Some(path) => Some(crate::network::attach(&path).map_err(|e| e.to_string())?),
                 None => None,
             };
-            let opts = BootOptions { vcpus: Some(vcpus), memory_mib: Some(memory_mib), network, setup };
+            let opts = BootOptions { vcpus: Some(vcpus), memory_mib: Some(memory_mib), network, setup, cgroups_path };
             Sandbox::boot(&config, state2, shared2, opts)
         })
         .await?;

@@ -243,7 +243,12 @@ fn monitor(
         Some(path) => Some(crate::network::attach(&path).map_err(|e| StandaloneError::Failed(e.to_string()))?),
         None => None,
     };
-    let boot = BootOptions { network, setup: pod::setup_request(&spec), ..Default::default() };
+    let boot = BootOptions {
+        network,
+        setup: pod::setup_request(&spec),
+        cgroups_path: pod::cgroups_path(&spec),
+        ..Default::default()
+    };
     let sandbox = Sandbox::boot(&config, vm_state, shared, boot)
         .map_err(|e| StandaloneError::Failed(format!("cannot start the sandbox VM: {e}")))?;
     let stdio = StdioPaths { stdin: "fd://0".into(), stdout: "fd://1".into(), stderr: "fd://2".into(), terminal };

@@ -1,0 +1,215 @@
+//! The host cgroup of a sandbox VM: the OCI spec's `linux.cgroupsPath`.
+//!
+//! runc puts a container's processes in that cgroup; for us the host-side
+//! processes of a sandbox are the VMM and virtiofsd, so they go there. That
+//! is what makes the pod's resource limits and accounting on the host see
+//! the VM (kubelet's pod cgroup is its parent; containerd's PodSandboxStats
+//! reads that parent), as Kata's `sandbox_cgroup_only`.
+//!
+//! Both processes join in `pre_exec`, before they allocate guest memory,
+//! by writing "0" to descriptors of `cgroup.procs` opened beforehand (no
+//! allocation after fork). Only cgroupfs paths are handled; systemd's
+//! `slice:prefix:name` form needs systemd's D-Bus API and is skipped with a
+//! warning.
+//!
+//! Hand-written: `cgroups-rs` pulls in a D-Bus stack (zbus) and an old nix
+//! for what is mkdir, a write at exec and rmdir here, and neither it nor
+//! youki's libcgroups offers the join-at-exec we need.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+/// The cgroup v1 controllers the VM's processes join: those that account
+/// or limit what a VM uses (cpuset would need its cpus/mems initialised).
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "blkio"];
+
+/// The cgroup root of the host.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A cgroup created for one sandbox, in every hierarchy it applies to.
+#[derive(Debug)]
+pub struct HostCgroup {
+    /// The leaf directories we created, one per hierarchy.
+    dirs: Vec<PathBuf>,
+    /// `cgroup.procs` of each, open for writing.
+    procs: Vec<File>,
+}
+
+impl HostCgroup {
+    /// Creates the cgroup `cgroups_path` names (None for an empty path or
+    /// systemd's form). Errors name the path and what failed.
+    pub fn create(cgroups_path: &str) -> Result<Option<HostCgroup>, String> {
+        let Some(relative) = parse(cgroups_path)? else { return Ok(None) };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cgroupsPath {cgroups_path}: reading /proc/self/mountinfo: {e}"))?;
+        let roots = hierarchy_roots(&mountinfo);
+        if roots.is_empty() {
+            return Err(format!("cgroupsPath {cgroups_path}: no cgroup hierarchy is mounted"));
+        }
+        let mut cgroup = HostCgroup { dirs: Vec::new(), procs: Vec::new() };
+        for root in roots {
+            let dir = root.join(&relative);
+            let existed = dir.is_dir();
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cgroupsPath {cgroups_path}: creating {}: {e}", dir.display()))?;
+            if !existed {
+                cgroup.dirs.push(dir.clone());
+            }
+            let procs = dir.join("cgroup.procs");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs)
+                .map_err(|e| format!("cgroupsPath {cgroups_path}: opening {}: {e}", procs.display()))?;
+            cgroup.procs.push(file);
+        }
+        Ok(Some(cgroup))
+    }
+
+    /// Makes `command`'s process join this cgroup before it executes.
+    pub fn join_on_exec(&self, command: &mut Command) {
+        let fds: Vec<i32> = self.procs.iter().map(AsRawFd::as_raw_fd).collect();
+        // SAFETY: write(2) is async-signal-safe; the closure only reads the
+        // descriptor numbers it owns (no allocation). The files stay open
+        // in `self`, which outlives the spawn (the caller holds it).
+        unsafe {
+            command.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The leaf directories created for this sandbox.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Removes the directories this sandbox created (once its processes
+    /// are gone; a busy cgroup is logged and left).
+    pub fn remove(&mut self) {
+        self.procs.clear();
+        for dir in self.dirs.drain(..).rev() {
+            let mut result = std::fs::remove_dir(&dir);
+            // Exiting tasks leave the cgroup shortly after they are reaped.
+            for _ in 0..50 {
+                match &result {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        result = std::fs::remove_dir(&dir);
+                    }
+                    _ => break,
+                }
+            }
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cannot remove the sandbox cgroup {}: {e}", dir.display()),
+            }
+        }
+    }
+}
+
+impl Drop for HostCgroup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The path below each hierarchy's root; None for "" and systemd's form.
+fn parse(cgroups_path: &str) -> Result<Option<PathBuf>, String> {
+    if cgroups_path.is_empty() {
+        return Ok(None);
+    }
+    if !cgroups_path.starts_with('/') && cgroups_path.contains(':') {
+        log::warn!(
+            "cgroupsPath {cgroups_path} is in systemd's slice:prefix:name form, which kata-like does not \
+             handle yet; the VM stays in the shim's cgroup"
+        );
+        return Ok(None);
+    }
+    let mut relative = PathBuf::new();
+    for component in Path::new(cgroups_path).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => relative.push(part),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("cgroupsPath {cgroups_path} must not contain '..'"));
+            }
+        }
+    }
+    if relative.as_os_str().is_empty() {
+        return Err(format!("cgroupsPath {cgroups_path} names the root cgroup"));
+    }
+    Ok(Some(relative))
+}
+
+/// The mount points of the hierarchies to join: the cgroup2 mount at the
+/// cgroup root on a unified host, else each v1 hierarchy carrying one of
+/// [`V1_CONTROLLERS`].
+fn hierarchy_roots(mountinfo: &str) -> Vec<PathBuf> {
+    let mut v1 = Vec::new();
+    let mut unified = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(mount_point), Some(fstype), Some(options)) =
+            (fields.get(4), fields.get(sep + 1), fields.get(sep + 3))
+        else {
+            continue;
+        };
+        let mount_point = PathBuf::from(crate::shim::rootfs::unescape_mountinfo(mount_point));
+        match *fstype {
+            "cgroup2" if mount_point == Path::new(CGROUP_ROOT) => unified = Some(mount_point),
+            "cgroup" if options.split(',').any(|o| V1_CONTROLLERS.contains(&o)) && !v1.contains(&mount_point) => {
+                v1.push(mount_point);
+            }
+            _ => {}
+        }
+    }
+    match unified {
+        Some(root) => vec![root],
+        None => v1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_below_the_root_and_never_climb() {
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("/kubepods/pod1/abc").unwrap(), Some(PathBuf::from("kubepods/pod1/abc")));
+        assert_eq!(parse("default/abc").unwrap(), Some(PathBuf::from("default/abc")));
+        assert_eq!(parse("kubepods.slice:cri-containerd:abc").unwrap(), None);
+        assert!(parse("/kubepods/../../etc").unwrap_err().contains(".."));
+        assert!(parse("/").unwrap_err().contains("root"));
+    }
+
+    #[test]
+    fn v1_hierarchies_with_our_controllers_are_found_once() {
+        let mountinfo = "\
+30 25 0:26 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+32 25 0:28 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+33 25 0:29 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+34 25 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 25 0:31 / /sys/fs/cgroup/pids rw,relatime shared:1 - cgroup cgroup rw,pids";
+        let roots: Vec<PathBuf> =
+            ["memory", "cpu,cpuacct", "pids"].iter().map(|d| Path::new(CGROUP_ROOT).join(d)).collect();
+        assert_eq!(hierarchy_roots(mountinfo), roots);
+    }
+
+    #[test]
+    fn a_unified_host_has_one_hierarchy() {
+        let mountinfo = "29 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+        assert_eq!(hierarchy_roots(mountinfo), vec![PathBuf::from(CGROUP_ROOT)]);
+    }
+}
