@@ -13,8 +13,11 @@ cli=$ROOT/target/release/kata-like
 
 work=$(mktemp -d /tmp/kl-cpu-share-XXXXXX)
 cleanup() {
+    # The runtime creates the parent in every hierarchy it joins.
     for p in "${shares[@]}"; do
-        rmdir "/sys/fs/cgroup/cpu/kl-share-$p" "/sys/fs/cgroup/kl-share-$p" 2>/dev/null || true
+        for dir in /sys/fs/cgroup/kl-share-"$p" /sys/fs/cgroup/*/kl-share-"$p"; do
+            [ ! -d "$dir" ] || rmdir "$dir" 2>/dev/null || true
+        done
     done
     rm -rf "$work"
 }
