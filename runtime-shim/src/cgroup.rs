@@ -85,15 +85,12 @@ impl HostCgroup {
             });
         }
     }
+}
 
-    /// The leaf directories created for this sandbox.
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
-    /// Removes the directories this sandbox created (once its processes
-    /// are gone; a busy cgroup is logged and left).
-    pub fn remove(&mut self) {
+/// Removes the directories this sandbox created, once its processes are
+/// gone (a busy cgroup is logged and left).
+impl Drop for HostCgroup {
+    fn drop(&mut self) {
         self.procs.clear();
         for dir in self.dirs.drain(..).rev() {
             let mut result = std::fs::remove_dir(&dir);
@@ -113,12 +110,6 @@ impl HostCgroup {
                 Err(e) => log::warn!("cannot remove the sandbox cgroup {}: {e}", dir.display()),
             }
         }
-    }
-}
-
-impl Drop for HostCgroup {
-    fn drop(&mut self) {
-        self.remove();
     }
 }
 
