@@ -39,6 +39,12 @@ pub struct RuntimeConfig {
     pub boot_timeout_secs: u64,
     /// Seconds an agent RPC may take (long polls excepted).
     pub rpc_timeout_secs: u64,
+    /// How many sandbox VMs may boot at once under this `state_root`; the
+    /// others wait for a slot (see `boot_slots`). Unset: the host's CPU
+    /// count. 0: no limit.
+    pub max_concurrent_boots: Option<u32>,
+    /// Seconds a sandbox may wait for a boot slot before its start fails.
+    pub boot_queue_timeout_secs: u64,
     /// Where per-sandbox state (sockets, logs, the shared directory) lives.
     pub state_root: PathBuf,
     /// MiB added to a pod's memory limit for the guest kernel and agent,
@@ -66,6 +72,8 @@ impl Default for RuntimeConfig {
             virtiofsd_args: Vec::new(),
             boot_timeout_secs: 180,
             rpc_timeout_secs: 60,
+            max_concurrent_boots: None,
+            boot_queue_timeout_secs: 1800,
             state_root: PathBuf::from("/run/kata-like"),
             memory_overhead_mib: 128,
             max_memory_mib: 16384,
@@ -153,6 +161,18 @@ impl RuntimeConfig {
         Duration::from_secs(self.boot_timeout_secs)
     }
 
+    /// How many VMs may boot at once (0: no limit).
+    pub fn max_concurrent_boots(&self) -> u32 {
+        self.max_concurrent_boots.unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
+        })
+    }
+
+    /// How long a boot may wait for a slot.
+    pub fn boot_queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_queue_timeout_secs)
+    }
+
     /// The RPC timeout.
     pub fn rpc_timeout(&self) -> Duration {
         Duration::from_secs(self.rpc_timeout_secs)
@@ -176,6 +196,9 @@ mod tests {
         let c = RuntimeConfig::from_file(f.path()).expect("config");
         assert_eq!((c.vcpus, c.memory_mib, c.virtiofsd_cache.as_str()), (2, 512, "never"));
         assert_eq!(c.state_root, RuntimeConfig::default().state_root);
+        assert!(c.max_concurrent_boots() >= 1, "defaults to the CPU count");
+        let f = file("max_concurrent_boots = 0\n");
+        assert_eq!(RuntimeConfig::from_file(f.path()).expect("config").max_concurrent_boots(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! * [`standalone`]: `kata-like run/state/kill/delete/spec` without containerd.
 
 pub mod artifacts;
+pub mod boot_slots;
 pub mod cgroup;
 pub mod child;
 pub mod config;

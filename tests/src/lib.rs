@@ -189,6 +189,21 @@ pub fn processes_with(needles: &[&str]) -> Vec<u32> {
         .collect()
 }
 
+/// Processes running `program` (the file name of argv[0]) whose command
+/// line contains all of `needles`. Unlike [`processes_with`], a VMM whose
+/// arguments name `virtiofsd.sock` is not taken for virtiofsd.
+pub fn processes_of(program: &str, needles: &[&str]) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            let argv0 = cmdline.split(' ').next().unwrap_or("");
+            std::path::Path::new(argv0).file_name().is_some_and(|n| n == program)
+                && needles.iter().all(|n| cmdline.contains(n))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 /// Runs `ip ARGS`: its stdout, or an error naming the command and stderr.
 pub fn ip(args: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;

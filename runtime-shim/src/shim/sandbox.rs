@@ -50,6 +50,9 @@ pub struct BootOptions {
     /// The first container's `linux.cgroupsPath`: the host cgroup of the
     /// VMM and virtiofsd ([`crate::cgroup`]).
     pub cgroups_path: String,
+    /// Where the host's boot slots are ([`crate::boot_slots`]); default
+    /// `<state_root>/boot-slots`.
+    pub boot_slots: Option<PathBuf>,
 }
 
 /// The state directory's name for sandbox `id`: the id, or for long ids
@@ -104,6 +107,10 @@ impl Sandbox {
                 NetDevice { tap: std::sync::Arc::new(pod.tap), mac: pod.interface.mac.clone(), mtu: pod.interface.mtu };
             (device, request)
         });
+        // Held until the guest is set up: booting is the CPU-bound phase.
+        let slots_dir = opts.boot_slots.unwrap_or_else(|| config.state_root.join(crate::boot_slots::DIR));
+        let slot = crate::boot_slots::acquire(&slots_dir, config.max_concurrent_boots(), config.boot_queue_timeout())
+            .map_err(|e| e.to_string())?;
         let cgroup = crate::cgroup::HostCgroup::create(&opts.cgroups_path)?.map(std::sync::Arc::new);
         let spec = VmSpec {
             vmm: config.vmm.clone(),
@@ -154,13 +161,15 @@ impl Sandbox {
         // Read by tests/src/bin/bench_ctr.rs: the first three are since the
         // VMM's spawn, "before VMM" is virtiofsd's start and the spawn.
         log::info!(
-            "sandbox VM ready: first KVM_RUN {} us, guest init {} us, agent {} us, before VMM {} us, guest set-up {} us",
+            "sandbox VM ready: first KVM_RUN {} us, guest init {} us, agent {} us, before VMM {} us, guest set-up {} us, queued {} us",
             times.first_kvm_run_us.unwrap_or(0),
             times.boot_timer_us.unwrap_or(0),
             times.agent_ready_us,
             booted_us.saturating_sub(times.agent_ready_us),
-            (begin.elapsed().as_micros() as u64).saturating_sub(booted_us)
+            (begin.elapsed().as_micros() as u64).saturating_sub(booted_us),
+            slot.waited.as_micros()
         );
+        drop(slot);
         Ok(Sandbox {
             vm: Mutex::new(Some(vm)),
             client,

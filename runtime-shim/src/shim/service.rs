@@ -197,7 +197,14 @@ impl Service {
                 Some(path) => Some(crate::network::attach(&path).map_err(|e| e.to_string())?),
                 None => None,
             };
-            let opts = BootOptions { vcpus: Some(vcpus), memory_mib: Some(memory_mib), network, setup, cgroups_path };
+            let opts = BootOptions {
+                vcpus: Some(vcpus),
+                memory_mib: Some(memory_mib),
+                network,
+                setup,
+                cgroups_path,
+                boot_slots: None,
+            };
             Sandbox::boot(&config, state2, shared2, opts)
         })
         .await?;

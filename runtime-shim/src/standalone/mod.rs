@@ -199,6 +199,9 @@ fn monitor(
     let root = opts.root();
     let mut config =
         RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
+    // Boot slots are the host's, shared with shims: under the configured
+    // state root, not this container's directory.
+    let boot_slots = config.state_root.join(crate::boot_slots::DIR);
     config.state_root = root.dir(id);
 
     // The ID is claimed by creating its directory.
@@ -247,6 +250,7 @@ fn monitor(
         network,
         setup: pod::setup_request(&spec),
         cgroups_path: pod::cgroups_path(&spec),
+        boot_slots: Some(boot_slots),
         ..Default::default()
     };
     let sandbox = Sandbox::boot(&config, vm_state, shared, boot)

@@ -19,8 +19,8 @@ use test_infra::bench::{median, percentile, pss};
 use test_infra::cri::{Cri, HANDLER};
 
 /// Starts a pod with `handler` and one idle container; (sandbox seconds,
-/// pod-with-container seconds, pod id).
-fn start_pod(cri: &Cri, handler: &str, name: &str) -> Result<(f64, f64, String), String> {
+/// pod-with-container seconds, pod id, container id).
+fn start_pod(cri: &Cri, handler: &str, name: &str) -> Result<(f64, f64, String, String), String> {
     let config = cri.pod_config(name);
     let begin = Instant::now();
     let req = k8s_cri::v1::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
@@ -29,13 +29,15 @@ fn start_pod(cri: &Cri, handler: &str, name: &str) -> Result<(f64, f64, String),
         .map_err(|e| format!("{handler} RunPodSandbox: {e}\n{}", cri.containerd.log_tail()))?
         .pod_sandbox_id;
     let sandbox = begin.elapsed().as_secs_f64();
-    cri.start_container(&pod, &config, Cri::container_config("idle", &["sleep", "100000"]))
+    let container = cri
+        .start_container(&pod, &config, Cri::container_config("idle", &["sleep", "100000"]))
         .map_err(|e| format!("{handler} container: {e}\n{}", cri.containerd.log_tail()))?;
-    Ok((sandbox, begin.elapsed().as_secs_f64(), pod))
+    Ok((sandbox, begin.elapsed().as_secs_f64(), pod, container))
 }
 
-/// KiB of PSS of the kata-like processes of pod `pod`: (shim, VMM, virtiofsd).
-fn pod_pss(cri: &Cri, pod: &str) -> (u64, u64, u64) {
+/// KiB of PSS of the kata-like processes of pod `pod`: (shim, VMM,
+/// virtiofsd, the part of VMM + virtiofsd that is guest RAM).
+fn pod_pss(cri: &Cri, pod: &str) -> (u64, u64, u64, u64) {
     let state = cri.containerd.kata_state.display().to_string();
     let prefix: String = pod.chars().take(12).collect();
     let dir = std::fs::read_dir(&cri.containerd.kata_state)
@@ -45,8 +47,44 @@ fn pod_pss(cri: &Cri, pod: &str) -> (u64, u64, u64) {
         .map(|e| e.path().display().to_string())
         .find(|p| p.contains(&prefix))
         .unwrap_or(state);
-    let sum = |needles: &[&str]| test_infra::processes_with(needles).into_iter().map(|p| pss(p).0).sum::<u64>();
-    (sum(&["containerd-shim-kata-like-v2", pod]), sum(&["kata-like-vmm", &dir]), sum(&["virtiofsd", &dir]))
+    // By program name: the VMM's own arguments name `virtiofsd.sock`.
+    let sum = |program: &str, needle: &str| {
+        test_infra::processes_of(program, &[needle]).into_iter().map(pss).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (vmm, fsd) = (sum("kata-like-vmm", &dir), sum("virtiofsd", &dir));
+    (sum("containerd-shim-kata-like-v2", pod).0, vmm.0, fsd.0, vmm.1 + fsd.1)
+}
+
+/// KiB of PSS of all kata-like processes of this containerd (shims: by
+/// their `-address`; VMMs and virtiofsd: by the state root), and how many
+/// VMMs there are.
+fn all_pss(cri: &Cri) -> (u64, usize) {
+    let dir = cri.containerd.kata_state.parent().unwrap_or(&cri.containerd.kata_state).display().to_string();
+    let vmms = test_infra::processes_of("kata-like-vmm", &[&dir]);
+    let count = vmms.len();
+    let all = ["containerd-shim-kata-like-v2", "virtiofsd"]
+        .iter()
+        .flat_map(|p| test_infra::processes_of(p, &[&dir]))
+        .chain(vmms)
+        .map(|p| pss(p).0)
+        .sum();
+    (all, count)
+}
+
+/// The guest kernel's memory counters (kB) that explain touched guest RAM,
+/// read inside the pod's container.
+fn guest_meminfo(cri: &Cri, container: &str) -> String {
+    const KEYS: [&str; 9] =
+        ["MemTotal", "MemFree", "Buffers", "Cached", "Shmem", "Slab", "KernelStack", "PageTables", "AnonPages"];
+    match cri.exec_sync(container, &["cat", "/proc/meminfo"]) {
+        Ok((0, out, _)) => out
+            .lines()
+            .filter(|l| KEYS.iter().any(|k| l.starts_with(&format!("{k}:"))))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => format!("cannot read the guest's /proc/meminfo: {other:?}"),
+    }
 }
 
 fn mib(kib: u64) -> f64 {
@@ -68,7 +106,7 @@ fn main() {
     let mut memory = Vec::new();
     for round in 0..rounds {
         for (i, handler) in handlers.iter().enumerate() {
-            let (s, w, pod) =
+            let (s, w, pod, container) =
                 start_pod(&cri, handler, &format!("bench-{handler}-{round}")).unwrap_or_else(|e| panic!("{e}"));
             eprintln!("round {round} {handler}: sandbox {s:.2} s, with container {w:.2} s");
             sandbox[i].push(s);
@@ -77,6 +115,7 @@ fn main() {
                 // Idle: let the guest settle before reading PSS.
                 std::thread::sleep(std::time::Duration::from_secs(10));
                 memory.push(pod_pss(&cri, &pod));
+                eprintln!("round {round} guest memory (kB): {}", guest_meminfo(&cri, &container));
             }
             cri.remove_pod(&pod).unwrap_or_else(|e| panic!("remove {pod}: {e}"));
         }
@@ -88,14 +127,16 @@ fn main() {
         let (r, k) = (median(v[0].clone()), median(v[1].clone()));
         println!("| {name} | {r:.2} s | {k:.2} s | {:.0} |", k / r);
     }
-    let total: Vec<f64> = memory.iter().map(|(a, b, c)| mib(a + b + c)).collect();
-    let pick = |f: fn(&(u64, u64, u64)) -> u64| median(memory.iter().map(|m| mib(f(m))).collect());
+    let total: Vec<f64> = memory.iter().map(|(a, b, c, _)| mib(a + b + c)).collect();
+    let pick = |f: fn(&(u64, u64, u64, u64)) -> u64| median(memory.iter().map(|m| mib(f(m))).collect());
     println!(
-        "\nidle kata-like pod, host PSS (median): {:.1} MiB = shim {:.1} + VMM {:.1} + virtiofsd {:.1}",
+        "\nidle kata-like pod, host PSS (median): {:.1} MiB = shim {:.1} + VMM {:.1} + virtiofsd {:.1}; \
+         of VMM + virtiofsd, guest RAM {:.1}",
         median(total),
         pick(|m| m.0),
         pick(|m| m.1),
-        pick(|m| m.2)
+        pick(|m| m.2),
+        pick(|m| m.3)
     );
 
     for handler in handlers {
@@ -107,14 +148,25 @@ fn main() {
                     scope.spawn(move || start_pod(cri, handler, &format!("conc-{handler}-{n}")))
                 })
                 .collect();
-            let results: Vec<(f64, f64, String)> = started
+            let results: Vec<(f64, f64, String, String)> = started
                 .into_iter()
                 .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())).unwrap_or_else(|e| panic!("{e}")))
                 .collect();
-            for (_, _, pod) in &results {
+            if handler == HANDLER {
+                // All pods idle: what each costs on a node running several,
+                // where the binaries' pages are shared between them.
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                let (kib, vms) = all_pss(&cri);
+                println!(
+                    "\n{vms} idle kata-like pods at once: host PSS {:.1} MiB in all, {:.1} MiB per pod",
+                    mib(kib),
+                    mib(kib) / vms.max(1) as f64
+                );
+            }
+            for (_, _, pod, _) in &results {
                 cri.remove_pod(pod).unwrap_or_else(|e| panic!("remove {pod}: {e}"));
             }
-            results.into_iter().map(|(_, w, _)| w).collect()
+            results.into_iter().map(|(_, w, _, _)| w).collect()
         });
         let all = per_pod.iter().copied().fold(0.0, f64::max);
         println!(
