@@ -24,6 +24,9 @@ cargo test --workspace --release
 say "microVM integration tests (each boot takes tens of seconds on nested KVM)"
 cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
 
+say "VM snapshots: a cold-booted VM snapshotted mid-workload, restored 5 times at once"
+cargo test --release -p kata-like-tests --test snapshot -- --ignored --test-threads=1
+
 say "pod networking: a microVM on a tap joined to a CNI-style veth by tc"
 cargo test --release -p kata-like-tests --test pod_network -- --ignored --test-threads=1
 
@@ -34,6 +37,9 @@ cargo test --release -p kata-like-tests --test standalone -- --ignored --test-th
 # the concurrent-runs test already loads both cores.
 say "containerd shim v2 through a private containerd and ctr"
 cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
+
+say "VM templates: ctr run in a VM restored from a snapshot"
+cargo test --release -p kata-like-tests --test vm_templates -- --ignored --test-threads=1
 
 say "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)"
 cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use kata_like_protocol::agent::SetupSandboxRequest;
+use kata_like_protocol::agent::{RestoredRequest, SetupSandboxRequest};
 
 /// Where the shared file system (containers' rootfs) is mounted.
 pub const SHARED_MOUNT: &str = kata_like_protocol::GUEST_SHARED_MOUNT;
@@ -34,19 +34,42 @@ fn add_entropy(entropy: &[u8]) -> Result<(), String> {
     if r < 0 {
         return Err(format!("RNDADDENTROPY: {}", std::io::Error::last_os_error()));
     }
+    // Once the CRNG is initialised, new input only reaches it at the next
+    // scheduled reseed (up to a minute later); VMs restored from one
+    // snapshot would share their random output until then. Reseed now.
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let r = unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) };
+    if r < 0 {
+        return Err(format!("RNDRESEEDCRNG: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn set_clock(realtime_ns: u64) -> Result<(), String> {
+    if realtime_ns == 0 {
+        return Ok(());
+    }
+    let ts = nix::sys::time::TimeSpec::new((realtime_ns / 1_000_000_000) as i64, (realtime_ns % 1_000_000_000) as i64);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(|e| format!("set the clock: {e}"))
+}
+
+/// Applies a Restored request: fresh entropy (required: a restored guest
+/// must not keep the snapshot's RNG state) and the wall clock.
+pub fn restored(req: &RestoredRequest) -> Result<(), String> {
+    if req.entropy.len() < 32 {
+        return Err(format!("Restored needs at least 32 bytes of entropy, got {}", req.entropy.len()));
+    }
+    add_entropy(&req.entropy)?;
+    set_clock(req.realtime_ns)?;
+    tracing::info!("restored from a snapshot: RNG reseeded, clock set");
     Ok(())
 }
 
 /// Applies a SetupSandbox request.
 pub fn setup(req: &SetupSandboxRequest, shared_root: &Path) -> Result<(), String> {
     add_entropy(&req.entropy)?;
-    if req.realtime_ns > 0 {
-        let ts = nix::sys::time::TimeSpec::new(
-            (req.realtime_ns / 1_000_000_000) as i64,
-            (req.realtime_ns % 1_000_000_000) as i64,
-        );
-        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(|e| format!("set the clock: {e}"))?;
-    }
+    set_clock(req.realtime_ns)?;
     if let Err(e) = crate::network::loopback_up() {
         tracing::warn!(error = %e, "loopback stays down");
     }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::{
     ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest, Empty, ExecProcessRequest, HealthRequest,
-    HealthResponse, ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RunProcessRequest,
-    RunProcessResponse, SetupSandboxRequest, ShutdownRequest, ShutdownResponse, SignalProcessRequest, StatsResponse,
-    UpdateContainerRequest, WaitProcessResponse,
+    HealthResponse, ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RestoredRequest,
+    RunProcessRequest, RunProcessResponse, SetupSandboxRequest, ShutdownRequest, ShutdownResponse,
+    SignalProcessRequest, StatsResponse, UpdateContainerRequest, WaitProcessResponse,
 };
 use kata_like_protocol::agent_ttrpc::{create_agent_service, AgentService};
 use ttrpc::{Code, MethodHandler, TtrpcContext};
@@ -101,6 +101,7 @@ fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
         "RunProcess" => Ok(checked::<RunProcessRequest>(handler)),
         "Shutdown" => Ok(checked::<ShutdownRequest>(handler)),
         "SetupSandbox" => Ok(checked::<SetupSandboxRequest>(handler)),
+        "Restored" => Ok(checked::<RestoredRequest>(handler)),
         "CreateContainer" => Ok(checked::<CreateContainerRequest>(handler)),
         "ExecProcess" => Ok(checked::<ExecProcessRequest>(handler)),
         "SignalProcess" => Ok(checked::<SignalProcessRequest>(handler)),
@@ -186,6 +187,12 @@ impl AgentService for Agent {
             crate::sandbox::setup(&req, self.containers.shared_root())
                 .map(|()| Empty::new())
                 .map_err(|e| status(Code::FAILED_PRECONDITION, e))
+        })
+    }
+
+    fn restored(&self, _ctx: &TtrpcContext, req: RestoredRequest) -> ttrpc::Result<Empty> {
+        guarded("Restored", || {
+            crate::sandbox::restored(&req).map(|()| Empty::new()).map_err(|e| status(Code::FAILED_PRECONDITION, e))
         })
     }
 

@@ -56,6 +56,11 @@ pub struct RuntimeConfig {
     pub max_vcpus: u8,
     /// `io.kata-like.vm.*` annotations pods may use to size their VM.
     pub enable_annotations: Vec<String>,
+    /// Start sandboxes without a pod NIC by restoring a snapshot of a booted
+    /// guest (a VM template, created on first use) instead of booting.
+    pub vm_templates: bool,
+    /// Where VM templates are kept (default: `<state_root>/templates`).
+    pub template_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -79,6 +84,8 @@ impl Default for RuntimeConfig {
             max_memory_mib: 16384,
             max_vcpus: 16,
             enable_annotations: Vec::new(),
+            vm_templates: false,
+            template_dir: None,
         }
     }
 }

@@ -17,4 +17,5 @@ pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod standalone;
+pub mod template;
 pub mod virtiofsd;

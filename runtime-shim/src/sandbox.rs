@@ -52,6 +52,10 @@ pub struct VmSpec {
     /// The host cgroup the VMM and virtiofsd join (the spec's
     /// `cgroupsPath`); removed when the VM is gone.
     pub cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
+    /// Restore this snapshot directory instead of booting `kernel` and
+    /// `initrd` (`vcpus`, `memory_mib` and `extra_cmdline` then come from
+    /// the snapshot; the devices must match it).
+    pub restore_from: Option<PathBuf>,
 }
 
 /// A virtio-net device for the VM on a tap the caller opened.
@@ -63,6 +67,23 @@ pub struct NetDevice {
     pub mac: String,
     /// Its MTU.
     pub mtu: u32,
+}
+
+/// The VMM's control socket in the state directory.
+const API_SOCKET: &str = "api.sock";
+/// How long a pause/resume/snapshot request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Gives a restored guest fresh entropy and the wall clock.
+fn refresh_restored(client: &AgentClient) -> Result<(), SandboxError> {
+    use std::io::Read;
+    let mut request = kata_like_protocol::agent::RestoredRequest::new();
+    let mut entropy = vec![0u8; 64];
+    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy)).map_err(io_err("reading /dev/urandom"))?;
+    request.entropy = entropy;
+    request.realtime_ns =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+    Ok(client.restored(&request)?)
 }
 
 /// The descriptor number the VMM finds the tap at.
@@ -107,6 +128,9 @@ pub enum SandboxError {
     /// The VM did not stop in time and was killed.
     #[error("the VM did not exit within {0:?} after shutdown; killed it")]
     ShutdownTimeout(Duration),
+    /// The VMM refused or failed a pause/resume/snapshot request.
+    #[error("VMM control request failed: {0}")]
+    Control(String),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -187,7 +211,11 @@ pub fn log_value(log: &str, marker: &str, key: &str) -> Option<u64> {
 impl SandboxVm {
     /// Starts the VMM and waits until the agent answers a health check.
     pub fn start(spec: &VmSpec) -> Result<Self, SandboxError> {
-        for (what, path) in [("vmm", &spec.vmm), ("kernel", &spec.kernel), ("initrd", &spec.initrd)] {
+        let inputs = match &spec.restore_from {
+            Some(dir) => vec![("vmm", &spec.vmm), ("snapshot", dir)],
+            None => vec![("vmm", &spec.vmm), ("kernel", &spec.kernel), ("initrd", &spec.initrd)],
+        };
+        for (what, path) in inputs {
             if !path.exists() {
                 return Err(SandboxError::Missing { what, path: path.clone() });
             }
@@ -223,25 +251,35 @@ impl SandboxVm {
         };
 
         let mut command = Command::new(&spec.vmm);
+        match &spec.restore_from {
+            Some(dir) => {
+                command.arg("--restore").arg(dir);
+            }
+            None => {
+                command
+                    .arg("--kernel")
+                    .arg(&spec.kernel)
+                    .arg("--initrd")
+                    .arg(&spec.initrd)
+                    .arg("--vcpus")
+                    .arg(spec.vcpus.to_string())
+                    .arg("--memory")
+                    .arg(spec.memory_mib.to_string());
+                if let Some(extra) = &spec.extra_cmdline {
+                    command.arg("--append").arg(extra);
+                }
+            }
+        }
         command
-            .arg("--kernel")
-            .arg(&spec.kernel)
-            .arg("--initrd")
-            .arg(&spec.initrd)
-            .arg("--vcpus")
-            .arg(spec.vcpus.to_string())
-            .arg("--memory")
-            .arg(spec.memory_mib.to_string())
             .arg("--vsock-uds")
             .arg(&uds)
             .arg("--serial")
             .arg(&console)
+            .arg("--api-sock")
+            .arg(state_path.join(API_SOCKET))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        if let Some(extra) = &spec.extra_cmdline {
-            command.arg("--append").arg(extra);
-        }
         if let Some((_, fs)) = &virtiofsd {
             command.arg("--fs").arg(fs);
         }
@@ -311,6 +349,30 @@ impl SandboxVm {
                 return Err(SandboxError::Boot { reason, vmm_log: log, console });
             }
         };
+        let mut client = client;
+        let mut vm_parts = (child, virtiofsd.map(|(c, _)| c));
+        if spec.restore_from.is_some() {
+            // Before anything else: this guest's RNG state and clock are the
+            // snapshot's, shared with every other VM restored from it. The
+            // guest handles the VMM's vsock transport reset at its first
+            // interrupt; should that overtake our first connection, the
+            // second attempt is on a fresh one.
+            let refreshed = refresh_restored(&client).or_else(|first| {
+                tracing::debug!(error = %first, "Restored on the first connection failed; reconnecting");
+                let again = AgentClient::connect(&uds, RPC_TIMEOUT)?;
+                refresh_restored(&again)?;
+                client = again;
+                Ok::<(), SandboxError>(())
+            });
+            if let Err(e) = refreshed {
+                stop(&mut vm_parts.0);
+                if let Some(fsd) = vm_parts.1.as_mut() {
+                    stop(fsd);
+                }
+                return Err(e);
+            }
+        }
+        let (child, virtiofsd) = vm_parts;
         let log = std::fs::read_to_string(&vmm_log).unwrap_or_default();
         let times = BootTimes {
             first_kvm_run_us: log_value(&log, "first KVM_RUN", "us_since_start"),
@@ -319,7 +381,7 @@ impl SandboxVm {
         };
         Ok(SandboxVm {
             child: Some(child),
-            virtiofsd: virtiofsd.map(|(c, _)| c),
+            virtiofsd,
             state_path,
             state,
             client,
@@ -383,6 +445,37 @@ impl SandboxVm {
     /// The guest console so far.
     pub fn console(&self) -> String {
         std::fs::read_to_string(self.state_path.join("console.log")).unwrap_or_default()
+    }
+
+    /// Sends a request to the VMM's control socket.
+    fn control(&self, request: &kata_like_vmm::api::Request) -> Result<kata_like_vmm::api::Response, SandboxError> {
+        let socket = self.state_path.join(API_SOCKET);
+        let response = kata_like_vmm::api::call(&socket, request, CONTROL_TIMEOUT)
+            .map_err(|e| SandboxError::Control(format!("{}: {e}", socket.display())))?;
+        if response.ok {
+            Ok(response)
+        } else {
+            Err(SandboxError::Control(response.error.unwrap_or_else(|| "no reason given".into())))
+        }
+    }
+
+    /// Pauses the VM and writes a snapshot into `dir`; the VM stays paused
+    /// until [`SandboxVm::resume`]. Returns (guest RAM bytes, bytes of RAM
+    /// data written).
+    pub fn snapshot(&self, dir: &Path) -> Result<(u64, u64), SandboxError> {
+        let request = kata_like_vmm::api::Request::Snapshot { path: dir.to_path_buf() };
+        let response = self.control(&request)?;
+        Ok((response.ram_bytes.unwrap_or(0), response.data_bytes.unwrap_or(0)))
+    }
+
+    /// Pauses the vCPUs.
+    pub fn pause(&self) -> Result<(), SandboxError> {
+        self.control(&kata_like_vmm::api::Request::Pause).map(|_| ())
+    }
+
+    /// Resumes a paused (or snapshotted) VM.
+    pub fn resume(&self) -> Result<(), SandboxError> {
+        self.control(&kata_like_vmm::api::Request::Resume).map(|_| ())
     }
 
     /// Runs a command in the guest and waits for it.
@@ -466,6 +559,7 @@ mod tests {
             shared: None,
             net: None,
             cgroup: None,
+            restore_from: None,
         };
         let err = SandboxVm::start(&spec).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");

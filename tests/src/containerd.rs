@@ -64,7 +64,13 @@ impl Containerd {
     /// find our binaries through PATH (target/release first) and use a
     /// runtime config whose state root is private to this instance.
     pub fn start() -> Result<Containerd, String> {
-        Self::start_with(None)
+        Self::start_with(None, "")
+    }
+
+    /// [`Containerd::start`] with more lines in the kata-like runtime
+    /// config (e.g. `vm_templates = true`).
+    pub fn start_with_runtime_config(extra: &str) -> Result<Containerd, String> {
+        Self::start_with(None, extra)
     }
 
     /// [`Containerd::start`] with its CRI plugin set up for pods: CNI
@@ -75,10 +81,10 @@ impl Containerd {
     /// `restrict_oom_score_adj`: this host (a container itself) may not
     /// lower oom_score_adj, which CRI asks for the sandbox (-998).
     pub fn start_cri(cni_conf_dir: &Path) -> Result<Containerd, String> {
-        Self::start_with(Some(cni_conf_dir))
+        Self::start_with(Some(cni_conf_dir), "")
     }
 
-    fn start_with(cni_conf_dir: Option<&Path>) -> Result<Containerd, String> {
+    fn start_with(cni_conf_dir: Option<&Path>, extra_runtime_config: &str) -> Result<Containerd, String> {
         let dir = tempfile::Builder::new().prefix("kl-containerd-").tempdir().map_err(|e| e.to_string())?;
         let d = dir.path();
         let socket = d.join("containerd.sock");
@@ -92,7 +98,7 @@ impl Containerd {
             // CPU count, so the tests of queued boots know the limit.
             format!(
                 "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 1200\nrpc_timeout_secs = 240\n\
-                 max_concurrent_boots = {BOOT_SLOTS}\n",
+                 max_concurrent_boots = {BOOT_SLOTS}\n{extra_runtime_config}",
                 kata_state.display()
             ),
         )
@@ -215,8 +221,9 @@ impl Containerd {
             found.push(format!("mount {target}"));
         }
         if let Ok(entries) = std::fs::read_dir(&self.kata_state) {
-            // The host's boot slots (lock files) stay, as a lock directory does.
-            for e in entries.flatten().filter(|e| e.file_name() != "boot-slots") {
+            // The host's boot slots (lock files) stay, as a lock directory
+            // does, and so do VM templates (a cache).
+            for e in entries.flatten().filter(|e| e.file_name() != "boot-slots" && e.file_name() != "templates") {
                 found.push(format!("state {}", e.path().display()));
             }
         }

@@ -93,6 +93,7 @@ impl Artifacts {
             shared: None,
             net: None,
             cgroup: None,
+            restore_from: None,
         }
     }
 }

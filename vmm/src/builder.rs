@@ -8,7 +8,7 @@
 //! 5. vCPUs with the CPUID template; the boot vCPU at the kernel entry.
 
 use std::os::fd::FromRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -17,6 +17,7 @@ use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{ApiServer, Controller};
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{boot, mptable};
 use crate::config::{ConfigError, VmConfig};
@@ -32,7 +33,9 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::{Bus, BusError, EventFdTrigger};
 use crate::exit::ExitSignal;
 use crate::memory::{self, MemoryError};
+use crate::pause::PauseGate;
 use crate::profiler::RipSampler;
+use crate::snapshot::{self, SnapshotError, VmState};
 use crate::vcpu::{BootEntry, Vcpu, VcpuContext, VcpuError};
 use crate::vmm::{Vmm, VmmControl};
 
@@ -41,6 +44,53 @@ use crate::vmm::{Vmm, VmmControl};
 pub struct VmmOptions {
     /// Sample the guest RIP at this interval and write a report here on exit.
     pub profile_rip: Option<(PathBuf, std::time::Duration)>,
+    /// Serve pause/resume/snapshot requests on this Unix socket.
+    pub api_sock: Option<PathBuf>,
+}
+
+/// What a restore replaces in the snapshot's configuration: the host ends
+/// of the devices, which belong to the new VMM process.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOverrides {
+    /// The vsock device's Unix socket.
+    pub vsock_uds: Option<PathBuf>,
+    /// virtio-fs devices: same tags, in the same order, new sockets.
+    pub fs: Vec<crate::config::FsConfig>,
+    /// virtio-net devices: as many as the snapshot has.
+    pub net: Vec<crate::config::NetConfig>,
+    /// The console.
+    pub serial: Option<crate::devices::serial::SerialOutput>,
+}
+
+impl RestoreOverrides {
+    /// The snapshot's configuration with the new host ends. The guest saw
+    /// the snapshot's devices, so the set of devices must stay the same.
+    pub fn apply(&self, mut config: VmConfig) -> Result<VmConfig, String> {
+        if let Some(uds) = &self.vsock_uds {
+            let vsock = config.vsock.as_mut().ok_or("the snapshot's VM has no vsock device")?;
+            vsock.uds_path = uds.clone();
+        }
+        let saved_tags: Vec<&str> = config.fs.iter().map(|f| f.tag.as_str()).collect();
+        let new_tags: Vec<&str> = self.fs.iter().map(|f| f.tag.as_str()).collect();
+        if saved_tags != new_tags {
+            return Err(format!(
+                "the snapshot's VM has virtio-fs devices {saved_tags:?}; the restore must pass --fs TAG=SOCKET for exactly those (got {new_tags:?})"
+            ));
+        }
+        config.fs = self.fs.clone();
+        if self.net.len() != config.net.len() {
+            return Err(format!(
+                "the snapshot's VM has {} virtio-net devices; the restore must pass --net for each (got {})",
+                config.net.len(),
+                self.net.len()
+            ));
+        }
+        config.net = self.net.clone();
+        if let Some(serial) = &self.serial {
+            config.serial = serial.clone();
+        }
+        Ok(config)
+    }
 }
 
 /// Why a VM could not be built. Every variant names the thing at fault.
@@ -119,6 +169,20 @@ pub enum BuildError {
     /// The event loop could not be set up.
     #[error("event loop: {0:?}")]
     EventManager(event_manager::Error),
+    /// The snapshot to restore is unusable.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The snapshot does not fit the restore's devices.
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    /// The control socket could not be created.
+    #[error("control socket {}: {source}", path.display())]
+    Api {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -158,7 +222,7 @@ fn attach_virtio<D>(
     slot: u32,
     device: Arc<Mutex<D>>,
     interrupt: Arc<IrqTrigger>,
-) -> Result<(), BuildError>
+) -> Result<Arc<Mutex<MmioTransport>>, BuildError>
 where
     D: VirtioDevice + 'static,
 {
@@ -172,18 +236,46 @@ where
                 .map_err(kvm_err("KVM_IOEVENTFD for a virtio queue"))?;
         }
     }
-    let transport = MmioTransport::new(mem.clone(), device, interrupt);
-    mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+    let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), device, interrupt)));
+    mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
     cmdline
         .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, None)
         .map_err(boot::BootError::Cmdline)?;
-    Ok(())
+    Ok(transport)
 }
 
 impl Vmm {
     /// Builds a VM from `config`, ready to [`Vmm::run`].
     pub fn build(config: VmConfig, options: VmmOptions) -> Result<Vmm, BuildError> {
         config.validate()?;
+        Self::assemble(config, options, None)
+    }
+
+    /// Rebuilds the VM a snapshot directory holds, ready to [`Vmm::run`]
+    /// from where it was paused, with the host ends in `overrides`.
+    pub fn restore(dir: &Path, overrides: &RestoreOverrides, options: VmmOptions) -> Result<Vmm, BuildError> {
+        let state = snapshot::format::read(&dir.join(snapshot::STATE_FILE))?;
+        let config = overrides.apply(state.config.clone()).map_err(BuildError::Restore)?;
+        config.validate()?;
+        if state.memory_size != u64::from(config.memory_mib) << 20 {
+            return Err(BuildError::Restore(format!(
+                "the state holds {} bytes of RAM but its configuration says {} MiB",
+                state.memory_size, config.memory_mib
+            )));
+        }
+        if state.vcpus.len() != usize::from(config.vcpus) {
+            return Err(BuildError::Restore(format!(
+                "the state holds {} vCPUs but its configuration says {}",
+                state.vcpus.len(),
+                config.vcpus
+            )));
+        }
+        Self::assemble(config, options, Some((state, dir.to_path_buf())))
+    }
+
+    /// The boot sequence; with `restore`, the snapshot's memory, KVM and
+    /// device state replace the kernel load and the reset state.
+    fn assemble(config: VmConfig, options: VmmOptions, restore: Option<(VmState, PathBuf)>) -> Result<Vmm, BuildError> {
         let mem_size = u64::from(config.memory_mib) << 20;
         let step = |name: &str| {
             tracing::debug!(us_since_start = crate::clock::since_start().as_micros() as u64, "build: {name}")
@@ -194,7 +286,14 @@ impl Vmm {
         check_kvm(&kvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // vhost-user devices need RAM they can map: a memfd, shared.
-        let mem = if config.fs.is_empty() { memory::create(mem_size)? } else { memory::create_shared(mem_size)? };
+        let shared = !config.fs.is_empty();
+        let mem = match &restore {
+            Some((state, dir)) => {
+                snapshot::memory::restore(&dir.join(snapshot::MEMORY_FILE), mem_size, shared, state.memory_crc32)?
+            }
+            None if shared => memory::create_shared(mem_size)?,
+            None => memory::create(mem_size)?,
+        };
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -203,16 +302,27 @@ impl Vmm {
         vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        if let Some((state, _)) = &restore {
+            // Before any device can raise an interrupt into them.
+            snapshot::kvm::restore_vm(&vm, &state.kvm)?;
+        }
         step("irqchip and PIT");
 
-        // 3. Kernel, initrd, MP table. The command line is finished below,
-        //    once the devices have added their parameters.
-        let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
-            None => None,
+        // 3. Kernel, initrd, MP table (a restored guest has them in RAM).
+        //    The command line is finished below, once the devices have
+        //    added their parameters.
+        let boot_files = match &restore {
+            Some(_) => None,
+            None => {
+                let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+                let initrd = match &config.initrd {
+                    Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
+                    None => None,
+                };
+                mptable::write(&mem, config.vcpus)?;
+                Some((kernel, initrd))
+            }
         };
-        mptable::write(&mem, config.vcpus)?;
         step("kernel, initrd, MP table");
         let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
 
@@ -225,7 +335,13 @@ impl Vmm {
         vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD for COM1"))?;
         let out = serial::open_output(&config.serial)
             .map_err(|source| BuildError::Serial { path: format!("{:?}", config.serial), source })?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(EventFdTrigger::new(serial_irq), out)));
+        let serial_irq = EventFdTrigger::new(serial_irq);
+        let serial = match &restore {
+            Some((state, _)) => SerialDevice::from_snapshot(serial_irq, out, &state.serial)
+                .map_err(|source| BuildError::Io { what: "restoring the serial device", source })?,
+            None => SerialDevice::new(serial_irq, out),
+        };
+        let serial = Arc::new(Mutex::new(serial));
         pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
 
         let reset_evt = eventfd("reset eventfd")?;
@@ -240,12 +356,13 @@ impl Vmm {
 
         let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
             EventManager::new().map_err(BuildError::EventManager)?;
+        let mut transports = Vec::new();
         let mut vsock = None;
         if let Some(vsock_config) = &config.vsock {
             let interrupt = Arc::new(IrqTrigger::new(eventfd("vsock irqfd")?));
             let device =
                 Arc::new(Mutex::new(Vsock::new(vsock_config.guest_cid, &vsock_config.uds_path, interrupt.clone())?));
-            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 0, device.clone(), interrupt)?;
+            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 0, device.clone(), interrupt)?);
             event_manager.add_subscriber(device.clone());
             vsock = Some(device);
         }
@@ -253,7 +370,8 @@ impl Vmm {
         for (index, fs_config) in config.fs.iter().enumerate() {
             let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-fs irqfd")?));
             let device = Arc::new(Mutex::new(Fs::new(&fs_config.tag, &fs_config.socket, interrupt.clone())?));
-            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 1 + index as u32, device.clone(), interrupt)?;
+            let slot = 1 + index as u32;
+            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?);
             event_manager.add_subscriber(device.clone());
             fs_devices.push(device);
         }
@@ -266,9 +384,23 @@ impl Vmm {
                 .map_err(|source| BuildError::Net { index, source })?;
             let device = Arc::new(Mutex::new(device));
             let slot = 1 + crate::config::MAX_FS_DEVICES as u32 + index as u32;
-            attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?;
+            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?);
             event_manager.add_subscriber(device.clone());
             net_devices.push(device);
+        }
+        if let Some((state, _)) = &restore {
+            if state.transports.len() != transports.len() {
+                return Err(BuildError::Restore(format!(
+                    "the snapshot has {} virtio devices, the restored VM {}",
+                    state.transports.len(),
+                    transports.len()
+                )));
+            }
+            for (index, (transport, saved)) in transports.iter().zip(&state.transports).enumerate() {
+                crate::devices::bus::lock(transport)
+                    .restore(saved)
+                    .map_err(|e| BuildError::Restore(format!("virtio device {index}: {e}")))?;
+            }
         }
         step("devices");
 
@@ -278,6 +410,7 @@ impl Vmm {
             None => None,
         };
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let gate = Arc::new(PauseGate::default());
         let ctx = VcpuContext {
             pio: Arc::new(pio),
             mmio: Arc::new(mmio),
@@ -285,21 +418,43 @@ impl Vmm {
             exit: exit.clone(),
             kernel_path: config.kernel.clone(),
             sampler: sampler.clone(),
+            gate: gate.clone(),
+            msr_list: Arc::new(snapshot::kvm::msr_list(&kvm)?),
         };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
             let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let entry = (index == 0).then_some(BootEntry { protocol: kernel.protocol, entry: kernel.entry.0 });
-            vcpus.push(Vcpu::new(fd, index, config.vcpus, config.cpu_template, &supported, entry, &ctx)?);
+            let vcpu = match (&restore, &boot_files) {
+                (Some((state, _)), _) => Vcpu::restore(fd, &state.vcpus[usize::from(index)], &ctx)?,
+                (None, Some((kernel, _))) => {
+                    let entry = (index == 0).then_some(BootEntry { protocol: kernel.protocol, entry: kernel.entry.0 });
+                    Vcpu::new(fd, index, config.vcpus, config.cpu_template, &supported, entry, &ctx)?
+                }
+                (None, None) => unreachable!("boot files are loaded when not restoring"),
+            };
+            vcpus.push(vcpu);
         }
 
-        hide_unapplied_cpuid(&vcpus, config.cpu_template, &supported, config.vcpus, &mut cmdline)?;
-        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size)?;
+        if let Some((kernel, initrd)) = boot_files {
+            hide_unapplied_cpuid(&vcpus, config.cpu_template, &supported, config.vcpus, &mut cmdline)?;
+            boot::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size)?;
+        }
         step("vCPUs and boot info");
 
         let control =
             Arc::new(Mutex::new(VmmControl::new(exit.clone(), reset_evt).map_err(io_err("signal handling"))?));
         event_manager.add_subscriber(control.clone());
+        let vm = Arc::new(vm);
+        if let Some(path) = &options.api_sock {
+            let controller =
+                Controller::new(vm.clone(), mem.clone(), gate, vcpus.len(), transports, serial.clone(), config.clone());
+            let server =
+                ApiServer::bind(path, controller).map_err(|source| BuildError::Api { path: path.clone(), source })?;
+            event_manager.add_subscriber(Arc::new(Mutex::new(server)));
+        }
+        if restore.is_some() {
+            tracing::info!("VM restored from a snapshot");
+        }
         tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
 
         Ok(Vmm {

@@ -9,6 +9,7 @@
 //! hybrid vsock backend. Guest kernels boot through PVH (uncompressed ELF)
 //! or the Linux 64-bit protocol (bzImage).
 
+pub mod api;
 pub mod arch;
 pub mod builder;
 pub mod clock;
@@ -16,7 +17,9 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod memory;
+pub mod pause;
 pub mod profiler;
+pub mod snapshot;
 pub mod symbols;
 pub mod vcpu;
 pub mod vmm;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kata_like_vmm::arch::x86_64::cpuid::{self, CpuTemplate};
+use kata_like_vmm::builder::RestoreOverrides;
 use kata_like_vmm::devices::serial::SerialOutput;
 use kata_like_vmm::{clock, VmConfig, Vmm, VmmOptions, VsockConfig};
 
@@ -65,6 +66,14 @@ struct Cli {
     /// synchronise with timer interrupts.
     #[arg(long, default_value_t = 7_919)]
     profile_interval_us: u64,
+    /// Serve pause/resume/snapshot requests on this Unix socket (JSON lines).
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Restore the VM a snapshot directory holds instead of booting one.
+    /// Only the host ends may change: --vsock-uds, --fs (same tags), --net
+    /// (same count), --serial.
+    #[arg(long, conflicts_with_all = ["config", "kernel", "initrd", "cmdline", "append", "vcpus", "memory_mib", "cpu_template", "guest_cid"])]
+    restore: Option<PathBuf>,
     /// Print the CPUID vCPU 0 would get and exit.
     #[arg(long)]
     print_cpuid: bool,
@@ -143,17 +152,29 @@ fn main() -> ExitCode {
         };
     }
 
-    let config = match cli.vm_config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("kata-like-vmm: error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let options = VmmOptions {
         profile_rip: cli.profile_rip.clone().map(|p| (p, Duration::from_micros(cli.profile_interval_us.max(100)))),
+        api_sock: cli.api_sock.clone(),
     };
-    let vmm = match Vmm::build(config, options) {
+    let built = match &cli.restore {
+        Some(dir) => {
+            let overrides = RestoreOverrides {
+                vsock_uds: cli.vsock_uds.clone(),
+                fs: cli.fs.clone(),
+                net: cli.net.clone(),
+                serial: cli.serial.clone(),
+            };
+            Vmm::restore(dir, &overrides, options)
+        }
+        None => match cli.vm_config() {
+            Ok(config) => Vmm::build(config, options),
+            Err(e) => {
+                eprintln!("kata-like-vmm: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let vmm = match built {
         Ok(vmm) => vmm,
         Err(e) => {
             eprintln!("kata-like-vmm: error: {e}");

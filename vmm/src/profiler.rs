@@ -12,8 +12,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
-
 use crate::clock;
 use crate::exit::ExitSignal;
 use crate::symbols::KernelSymbols;
@@ -34,14 +32,10 @@ pub struct RipSampler {
     samples: Mutex<Vec<Sample>>,
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Only interrupts KVM_RUN; the vCPU thread samples on EINTR.
-}
-
 impl RipSampler {
     /// A sampler firing every `interval`. Installs the kick signal handler.
     pub fn new(interval: Duration) -> io::Result<Arc<Self>> {
-        register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        crate::pause::install_kick_handler()?;
         Ok(Arc::new(RipSampler { interval, threads: Mutex::new(Vec::new()), samples: Mutex::new(Vec::new()) }))
     }
 
@@ -66,9 +60,8 @@ impl RipSampler {
                 std::thread::sleep(sampler.interval);
                 let threads = sampler.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                 for thread in threads {
-                    // SAFETY: the vCPU threads live until the process exits,
-                    // and SIGRTMIN has a handler installed in `new`.
-                    unsafe { libc::pthread_kill(thread, SIGRTMIN()) };
+                    // The vCPU threads live until the process exits.
+                    crate::pause::kick(thread);
                 }
             }
         })?;

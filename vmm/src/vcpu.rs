@@ -14,7 +14,9 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::clock;
 use crate::devices::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::pause::PauseGate;
 use crate::profiler::RipSampler;
+use crate::snapshot::{self, SnapshotError, VcpuState};
 use crate::symbols::KernelSymbols;
 
 /// Errors configuring a vCPU.
@@ -60,6 +62,8 @@ pub struct Vcpu {
     symbols: Arc<std::sync::OnceLock<Option<KernelSymbols>>>,
     kernel_path: std::path::PathBuf,
     sampler: Option<Arc<RipSampler>>,
+    gate: Arc<PauseGate>,
+    msr_list: Arc<Vec<u32>>,
 }
 
 impl std::fmt::Debug for Vcpu {
@@ -83,6 +87,10 @@ pub struct VcpuContext {
     pub kernel_path: std::path::PathBuf,
     /// Optional RIP sampler.
     pub sampler: Option<Arc<RipSampler>>,
+    /// Where vCPUs park for snapshots.
+    pub gate: Arc<PauseGate>,
+    /// The MSRs a snapshot saves.
+    pub msr_list: Arc<Vec<u32>>,
 }
 
 impl Vcpu {
@@ -106,7 +114,17 @@ impl Vcpu {
             regs::setup_sregs(&fd, boot.protocol).map_err(regs_err)?;
             regs::setup_regs(&fd, boot.protocol, boot.entry).map_err(regs_err)?;
         }
-        Ok(Vcpu {
+        Ok(Vcpu::wrap(fd, index, ctx))
+    }
+
+    /// A vCPU resumed from a snapshot's state.
+    pub fn restore(fd: VcpuFd, state: &VcpuState, ctx: &VcpuContext) -> Result<Self, SnapshotError> {
+        snapshot::kvm::restore_vcpu(&fd, state)?;
+        Ok(Vcpu::wrap(fd, state.index, ctx))
+    }
+
+    fn wrap(fd: VcpuFd, index: u8, ctx: &VcpuContext) -> Self {
+        Vcpu {
             fd,
             index,
             pio: ctx.pio.clone(),
@@ -116,7 +134,9 @@ impl Vcpu {
             symbols: Arc::new(std::sync::OnceLock::new()),
             kernel_path: ctx.kernel_path.clone(),
             sampler: ctx.sampler.clone(),
-        })
+            gate: ctx.gate.clone(),
+            msr_list: ctx.msr_list.clone(),
+        }
     }
 
     /// The CPUID KVM actually gives this vCPU (KVM_GET_CPUID2).
@@ -133,15 +153,21 @@ impl Vcpu {
         std::thread::Builder::new().name(format!("vcpu{}", self.index)).spawn(move || self.run())
     }
 
-    fn fatal(&mut self, what: String) {
-        let report = format!("vCPU {}: {what}; {}", self.index, self.describe_rip());
-        self.exit.request(ExitReason::Fatal(report));
-    }
-
     fn run(mut self) {
         if let Some(sampler) = &self.sampler {
             sampler.register_current_thread();
         }
+        let immediate_exit = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+        self.gate.register(self.index, immediate_exit);
+        if let Err(what) = self.run_loop() {
+            let report = format!("vCPU {}: {what}; {}", self.index, self.describe_rip());
+            self.exit.request(ExitReason::Fatal(report));
+        }
+        // Before the kvm_run page is unmapped with the VcpuFd.
+        self.gate.unregister(self.index);
+    }
+
+    fn run_loop(&mut self) -> Result<(), String> {
         let mut first = true;
         loop {
             if first && self.index == 0 {
@@ -153,12 +179,17 @@ impl Vcpu {
                 );
             }
             if self.exit.reason().is_some() {
-                return;
+                return Ok(());
             }
+            if self.gate.pause_requested() {
+                self.pause_here();
+                continue;
+            }
+            let mut kicked = false;
             let outcome = match self.fd.run() {
                 Ok(exit) => dispatch(&self.pio, &self.mmio, &self.exit, exit),
                 Err(e) if e.errno() == libc::EINTR => {
-                    self.sample();
+                    kicked = true;
                     Ok(())
                 }
                 Err(e) if e.errno() == libc::EAGAIN => Ok(()),
@@ -166,13 +197,48 @@ impl Vcpu {
             };
             match outcome {
                 Ok(()) => {}
-                Err(Some(what)) => return self.fatal(what),
-                Err(None) => {
-                    let what = internal_error(self.fd.get_kvm_run());
-                    return self.fatal(what);
+                Err(Some(what)) => return Err(what),
+                Err(None) => return Err(internal_error(self.fd.get_kvm_run())),
+            }
+            if kicked {
+                // A RIP sample or a pause (looked at above). A pause request
+                // may leave immediate_exit set after this vCPU already
+                // parked and resumed: clear it.
+                self.fd.set_kvm_immediate_exit(0);
+                self.sample();
+            }
+        }
+    }
+
+    /// Stops for a snapshot: lets KVM finish the exit just handled without
+    /// running guest code, saves the state, and parks until resumed.
+    fn pause_here(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        let mut outcome = Err("KVM_RUN kept exiting".to_string());
+        // Completing string I/O can exit again; a few rounds always settle.
+        for _ in 0..64 {
+            match self.fd.run() {
+                Err(e) if e.errno() == libc::EINTR => {
+                    outcome = Ok(());
+                    break;
+                }
+                Err(e) if e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    outcome = Err(format!("KVM_RUN failed: {e}"));
+                    break;
+                }
+                Ok(exit) => {
+                    if let Err(e) = dispatch(&self.pio, &self.mmio, &self.exit, exit) {
+                        outcome = Err(e.unwrap_or_else(|| "KVM internal error".into()));
+                        break;
+                    }
                 }
             }
         }
+        self.fd.set_kvm_immediate_exit(0);
+        let saved = outcome
+            .and_then(|()| snapshot::kvm::save_vcpu(&self.fd, self.index, &self.msr_list).map_err(|e| e.to_string()));
+        self.gate.park(self.index, saved);
     }
 
     fn sample(&self) {

@@ -120,7 +120,7 @@ pub struct Vmm {
     pub(crate) config: VmConfig,
     pub(crate) options: VmmOptions,
     // Kept open for the VM's lifetime: the vCPU and device fds belong to it.
-    pub(crate) _vm: VmFd,
+    pub(crate) _vm: Arc<VmFd>,
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>>,
     // The event loop holds it too; kept here to make ownership explicit.
@@ -144,6 +144,9 @@ impl Vmm {
     /// Runs the VM until it ends and returns why. The vCPU threads are left
     /// running: the caller is expected to exit the process.
     pub fn run(mut self) -> ExitReason {
+        if let Err(e) = crate::pause::install_kick_handler() {
+            self.exit.request(ExitReason::Fatal(format!("cannot install the vCPU kick signal handler: {e}")));
+        }
         for vcpu in std::mem::take(&mut self.vcpus) {
             if let Err(e) = vcpu.spawn() {
                 self.exit.request(ExitReason::Fatal(format!("cannot start a vCPU thread: {e}")));

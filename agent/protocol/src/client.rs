@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{
-    HealthRequest, HealthResponse, ResizeTtyRequest, RunProcessRequest, RunProcessResponse, ShutdownRequest,
-    SignalProcessRequest,
+    HealthRequest, HealthResponse, ResizeTtyRequest, RestoredRequest, RunProcessRequest, RunProcessResponse,
+    ShutdownRequest, SignalProcessRequest,
 };
 use crate::agent_ttrpc::AgentServiceClient;
 use crate::hybrid_vsock::{self, HandshakeError};
@@ -122,6 +122,15 @@ impl AgentClient {
         self.inner
             .health(self.context(), &HealthRequest::new())
             .map_err(|source| AgentClientError::Rpc { method: "Health", source })
+    }
+
+    /// Tells a guest restored from a snapshot to reseed its RNG with
+    /// `entropy` and set its clock.
+    pub fn restored(&self, request: &RestoredRequest) -> Result<(), AgentClientError> {
+        self.inner
+            .restored(self.context(), request)
+            .map(|_| ())
+            .map_err(|source| AgentClientError::Rpc { method: "Restored", source })
     }
 
     /// Runs a process in the guest and waits for it. The RPC deadline is

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
-use kata_like_runtime::{artifacts, standalone};
+use kata_like_runtime::{artifacts, standalone, template};
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-like", version, about = "kata-like: microVM-isolated sandboxes")]
@@ -77,6 +77,45 @@ enum Top {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
     },
+    /// VM templates (`vm_templates = true` in the config): snapshots of a
+    /// booted guest that sandboxes start from.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Boot a template VM for the config's default sandbox and snapshot it
+    /// (no-op when a current template exists); prints its directory.
+    Create {
+        /// vCPUs [default: the config's].
+        #[arg(long)]
+        vcpus: Option<u8>,
+        /// Memory in MiB [default: the config's].
+        #[arg(long)]
+        memory: Option<u32>,
+    },
+    /// Remove every VM template.
+    Clear,
+}
+
+fn snapshot(opts: &standalone::Options, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
+    let config = kata_like_runtime::config::RuntimeConfig::load(opts.config.as_deref())?;
+    match command {
+        SnapshotCommand::Create { vcpus, memory } => {
+            let mut shape = template::Shape::default_for(&config);
+            shape.vcpus = vcpus.unwrap_or(shape.vcpus);
+            shape.memory_mib = memory.unwrap_or(shape.memory_mib);
+            let (dir, created) = template::ensure(&config, &shape).map_err(anyhow::Error::msg)?;
+            eprintln!("{}", if created { "created" } else { "already current" });
+            println!("{}", dir.display());
+        }
+        SnapshotCommand::Clear => {
+            let removed = template::clear(&config).map_err(anyhow::Error::msg)?;
+            println!("removed {removed} template(s) from {}", template::root(&config).display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +179,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         shared: None,
         net: None,
         cgroup: None,
+        restore_from: None,
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {
@@ -192,6 +232,7 @@ fn main() -> ExitCode {
             standalone::delete(&opts, &id, force).map(|()| ExitCode::SUCCESS).map_err(Into::into)
         }
         Top::Spec { bundle } => standalone::spec(&bundle).map(|_| ExitCode::SUCCESS).map_err(Into::into),
+        Top::Snapshot(command) => snapshot(&opts, command),
     };
     match result {
         Ok(code) => code,

@@ -112,7 +112,7 @@ impl Sandbox {
         let slot = crate::boot_slots::acquire(&slots_dir, config.max_concurrent_boots(), config.boot_queue_timeout())
             .map_err(|e| e.to_string())?;
         let cgroup = crate::cgroup::HostCgroup::create(&opts.cgroups_path)?.map(std::sync::Arc::new);
-        let spec = VmSpec {
+        let mut spec = VmSpec {
             vmm: config.vmm.clone(),
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
@@ -132,9 +132,32 @@ impl Sandbox {
             }),
             net: network.as_ref().map(|(device, _)| device.clone()),
             cgroup,
+            restore_from: None,
         };
         let begin = std::time::Instant::now();
-        let vm = SandboxVm::start(&spec).map_err(|e| e.to_string())?;
+        if config.vm_templates && spec.net.is_none() {
+            let shape = crate::template::Shape { vcpus: spec.vcpus, memory_mib: spec.memory_mib };
+            match crate::template::ensure(config, &shape) {
+                Ok((dir, _)) => spec.restore_from = Some(dir),
+                Err(e) => log::warn!("no VM template ({e}); booting cold"),
+            }
+        }
+        let vm = match (SandboxVm::start(&spec), spec.restore_from.take()) {
+            (Ok(vm), restored) => {
+                if let Some(dir) = restored {
+                    log::info!("sandbox VM restored from template {}", dir.display());
+                }
+                vm
+            }
+            (Err(e), Some(dir)) => {
+                // Cold boot is always correct: the template may be corrupt
+                // or from another VMM build the key did not catch.
+                log::warn!("restoring template {} failed ({e}); booting cold", dir.display());
+                crate::template::discard(&dir);
+                SandboxVm::start(&spec).map_err(|e| e.to_string())?
+            }
+            (Err(e), None) => return Err(e.to_string()),
+        };
         let booted_us = begin.elapsed().as_micros() as u64;
         let uds = vm.state_dir().join("vsock.sock");
         // The connection the boot check made, with the configured bound.

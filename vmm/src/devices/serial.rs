@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, LineWriter, Write};
 use std::path::{Path, PathBuf};
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
 
 use super::bus::BusDevice;
@@ -66,6 +66,17 @@ fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// The UART's registers in a snapshot: DLL, DLM, IER, IIR, LCR, LSR, MCR,
+/// MSR, SCR (vm-superio's `SerialState` has no serde support), and the
+/// receive FIFO.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// The nine registers, in the order above.
+    pub registers: [u8; 9],
+    /// Bytes the guest has not read yet.
+    pub in_buffer: Vec<u8>,
+}
+
 /// The UART on the port bus.
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
@@ -81,6 +92,45 @@ impl SerialDevice {
     /// A UART raising `irq` and writing to `out`.
     pub fn new(irq: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         SerialDevice { serial: Serial::new(irq, out) }
+    }
+
+    /// A UART resumed from a snapshot's register state. A snapshot whose
+    /// receive FIFO is over-full is refused (it can only be corrupt).
+    pub fn from_snapshot(irq: EventFdTrigger, out: Box<dyn Write + Send>, snap: &SerialSnapshot) -> io::Result<Self> {
+        let state = SerialState {
+            baud_divisor_low: snap.registers[0],
+            baud_divisor_high: snap.registers[1],
+            interrupt_enable: snap.registers[2],
+            interrupt_identification: snap.registers[3],
+            line_control: snap.registers[4],
+            line_status: snap.registers[5],
+            modem_control: snap.registers[6],
+            modem_status: snap.registers[7],
+            scratch: snap.registers[8],
+            in_buffer: snap.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(&state, irq, NoEvents, out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("serial state: {e}")))?;
+        Ok(SerialDevice { serial })
+    }
+
+    /// The register state for a snapshot.
+    pub fn snapshot(&self) -> SerialSnapshot {
+        let s = self.serial.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// Flushes buffered console output (called before the VMM exits).
@@ -140,6 +190,22 @@ mod tests {
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "transmit holding register empty");
+    }
+
+    #[test]
+    fn register_state_survives_a_snapshot() {
+        let irq = || EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"));
+        let mut dev = SerialDevice::new(irq(), Box::new(io::sink()));
+        dev.write(3, &[0x83]); // LCR: DLAB + 8 bits
+        dev.write(7, &[0x5a]); // scratch
+        let snap = dev.snapshot();
+        let mut back = SerialDevice::from_snapshot(irq(), Box::new(io::sink()), &snap).expect("restores");
+        let mut scr = [0u8];
+        back.read(7, &mut scr);
+        assert_eq!(scr, [0x5a]);
+        assert_eq!(back.snapshot(), snap);
+        let bad = SerialSnapshot { in_buffer: vec![0; 1000], ..snap };
+        assert!(SerialDevice::from_snapshot(irq(), Box::new(io::sink()), &bad).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{ActivateContext, IrqTrigger, VirtioDevice, INT_CONFIG};
 use crate::devices::bus::{lock, BusDevice};
+use crate::snapshot::{QueueSnapshot, TransportSnapshot};
 
 const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
@@ -274,6 +275,86 @@ impl MmioTransport {
         if let Some(q) = self.selected_queue() {
             set(q);
         }
+    }
+
+    /// The register file and queues for a snapshot; an activated device
+    /// stops processing its queues ([`VirtioDevice::quiesce`]) until
+    /// [`MmioTransport::resume`]. The vCPUs must be paused.
+    pub fn snapshot(&mut self) -> Result<TransportSnapshot, String> {
+        let device_queues = if self.activated {
+            lock(&self.device).quiesce()?.into_iter().map(QueueSnapshot::from).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(TransportSnapshot {
+            device_type: self.device_type,
+            features_select: self.features_select,
+            driver_features_select: self.driver_features_select,
+            acked_features: self.acked_features,
+            bad_features: self.bad_features,
+            queue_select: self.queue_select,
+            status: self.status,
+            activated: self.activated,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            queues: self.queues.iter().map(|q| QueueSnapshot::from(q.state())).collect(),
+            device_queues,
+        })
+    }
+
+    /// Lets the device process its queues again after a snapshot.
+    pub fn resume(&mut self) -> Result<(), String> {
+        if self.activated {
+            lock(&self.device).resume()?;
+        }
+        Ok(())
+    }
+
+    /// Puts a freshly created transport into a snapshot's state, activating
+    /// the device at the saved queue positions. A snapshot that does not fit
+    /// this device (type, queue count, invalid queues) is refused.
+    pub fn restore(&mut self, snap: &TransportSnapshot) -> Result<(), String> {
+        if snap.device_type != self.device_type {
+            return Err(format!("device type {} in the snapshot, {} here", snap.device_type, self.device_type));
+        }
+        let max_sizes: Vec<u16> = self.queues.iter().map(|q| q.max_size()).collect();
+        let queues = |list: &[QueueSnapshot]| -> Result<Vec<Queue>, String> {
+            if list.len() != max_sizes.len() {
+                return Err(format!("{} queues in the snapshot, the device has {}", list.len(), max_sizes.len()));
+            }
+            list.iter()
+                .zip(&max_sizes)
+                .enumerate()
+                .map(|(index, (q, &ours))| {
+                    if q.max_size != ours {
+                        return Err(format!("queue {index}: max size {} in the snapshot, {ours} here", q.max_size));
+                    }
+                    Queue::try_from(virtio_queue::QueueState::from(*q)).map_err(|e| format!("queue {index}: {e}"))
+                })
+                .collect()
+        };
+        self.queues = queues(&snap.queues)?;
+        self.features_select = snap.features_select;
+        self.driver_features_select = snap.driver_features_select;
+        self.acked_features = snap.acked_features & self.avail_features;
+        self.bad_features = snap.bad_features;
+        self.queue_select = snap.queue_select;
+        self.status = snap.status;
+        self.config_generation = snap.config_generation;
+        self.interrupt.set_status(snap.interrupt_status);
+        if snap.activated {
+            let device_queues = queues(&snap.device_queues)?;
+            if let Some(index) = device_queues.iter().position(|q| q.ready() && !q.is_valid(&self.mem)) {
+                return Err(format!("queue {index}: rings outside guest memory"));
+            }
+            let ctx =
+                ActivateContext { mem: self.mem.clone(), queues: device_queues, acked_features: self.acked_features };
+            let mut device = lock(&self.device);
+            device.activate(ctx).map_err(|e| e.to_string())?;
+            device.restored();
+            self.activated = true;
+        }
+        Ok(())
     }
 }
 

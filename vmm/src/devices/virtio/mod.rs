@@ -18,7 +18,7 @@ pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -70,6 +70,11 @@ impl IrqTrigger {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets the InterruptStatus register (restore).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears all pending status (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
@@ -111,6 +116,19 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops the device and forgets its queues (driver wrote status 0).
     fn reset(&mut self);
+    /// For a snapshot, with the vCPUs paused: stops processing the queues
+    /// and returns the device's queue positions, in index order. Only called
+    /// on an activated device.
+    fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {
+        Err(format!("virtio device type {} does not support snapshots", self.device_type()))
+    }
+    /// The VM goes on after a snapshot: undoes [`VirtioDevice::quiesce`].
+    fn resume(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Called once on a device activated from a snapshot, before the vCPUs
+    /// run (vsock tells the guest its connections are gone).
+    fn restored(&mut self) {}
 }
 
 /// Event counters of a device (all monotonically increasing), logged as

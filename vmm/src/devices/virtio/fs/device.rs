@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::QueueT;
+use virtio_queue::{QueueState, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -74,6 +74,9 @@ pub struct Fs {
     interrupt: Arc<IrqTrigger>,
     metrics: FsMetrics,
     active: bool,
+    /// What the rings were started with: memory, queues and features, kept
+    /// to restart them after a snapshot.
+    started: Option<ActivateContext>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -125,6 +128,7 @@ impl Fs {
             interrupt,
             metrics: FsMetrics::default(),
             active: false,
+            started: None,
         })
     }
 
@@ -185,7 +189,9 @@ impl Fs {
             };
             self.frontend.set_vring_num(index, queue.size()).map_err(vhost("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &config).map_err(vhost("SET_VRING_ADDR"))?;
-            self.frontend.set_vring_base(index, 0).map_err(vhost("SET_VRING_BASE"))?;
+            // 0 on a fresh start; the saved position after a snapshot.
+            let base = queue.next_avail();
+            self.frontend.set_vring_base(index, base).map_err(vhost("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(index, &self.calls[index]).map_err(vhost("SET_VRING_CALL"))?;
             self.frontend.set_vring_kick(index, &self.kicks[index]).map_err(vhost("SET_VRING_KICK"))?;
             if self.protocol_features.is_some() {
@@ -229,6 +235,7 @@ impl VirtioDevice for Fs {
             ActivateError(format!("virtio-fs ({}): {e}", self.socket.display()))
         })?;
         self.active = true;
+        self.started = Some(ctx);
         Ok(())
     }
 
@@ -247,5 +254,37 @@ impl VirtioDevice for Fs {
             }
         }
         self.active = false;
+        self.started = None;
+    }
+
+    fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {
+        // The rings live in virtiofsd: GET_VRING_BASE stops each one and
+        // returns where virtiofsd would read next. virtiofsd completes a
+        // request before taking the next, so used == avail there.
+        let Fs { started, frontend, protocol_features, socket, .. } = self;
+        let started = started.as_mut().ok_or("virtio-fs is not active")?;
+        for (index, queue) in started.queues.iter_mut().enumerate() {
+            if !queue.ready() {
+                continue;
+            }
+            if protocol_features.is_some() {
+                let _ = frontend.set_vring_enable(index, false);
+            }
+            let base = frontend
+                .get_vring_base(index)
+                .map_err(|e| format!("virtio-fs ({}): GET_VRING_BASE {index}: {e}", socket.display()))?;
+            let base = u16::try_from(base).map_err(|_| format!("virtiofsd returned ring base {base}"))?;
+            queue.set_next_avail(base);
+            queue.set_next_used(base);
+        }
+        Ok(started.queues.iter().map(|q| q.state()).collect())
+    }
+
+    fn resume(&mut self) -> Result<(), String> {
+        // GET_VRING_BASE stopped the rings: start them again where they are.
+        let Some(started) = self.started.take() else { return Ok(()) };
+        let result = self.start_backend(&started);
+        self.started = Some(started);
+        result.map_err(|e| format!("virtio-fs ({}): {e}", self.socket.display()))
     }
 }

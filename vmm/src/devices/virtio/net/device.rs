@@ -337,6 +337,14 @@ impl VirtioDevice for Net {
         self.rx_len = 0;
         self.rx_waiting = false;
     }
+
+    fn quiesce(&mut self) -> Result<Vec<virtio_queue::QueueState>, String> {
+        // Processed on the VMM thread only, which takes the snapshot. A frame
+        // read from the tap but not yet delivered is not saved: to the guest
+        // it is a dropped packet, which TCP recovers from.
+        let active = self.active.as_ref().ok_or("net is not active")?;
+        Ok(active.queues.iter().map(|q| q.state()).collect())
+    }
 }
 
 #[cfg(test)]

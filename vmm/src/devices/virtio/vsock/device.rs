@@ -9,7 +9,7 @@ use crate::devices::virtio::Counters;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -26,9 +26,11 @@ use crate::devices::virtio::{
 pub const RXQ: usize = 0;
 /// Transmit queue.
 pub const TXQ: usize = 1;
-/// Event queue (transport reset events; unused until snapshots).
+/// Event queue (transport reset events, sent after a restore).
 pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
+/// virtio-vsock event id: the transport was reset (virtio 1.2, 5.10.6.5).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -160,6 +162,40 @@ impl Vsock {
         }
     }
 
+    /// Tells the guest that every connection is gone
+    /// (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue): after a
+    /// restore the host ends of its connections no longer exist. Listening
+    /// sockets survive; the guest driver also re-reads the CID.
+    pub fn send_transport_reset(&mut self) {
+        let Some(active) = self.active.as_mut() else { return };
+        let mem = &active.mem;
+        let queue = &mut active.queues[EVQ];
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            tracing::warn!("vsock: no event buffer for the transport reset; guest connections may hang");
+            return;
+        };
+        let head = chain.head_index();
+        let mut written = 0;
+        for desc in chain {
+            if desc.is_write_only() && desc.len() >= 4 {
+                // struct virtio_vsock_event { le32 id }, id 0 = TRANSPORT_RESET.
+                if vm_memory::Bytes::write_obj(mem, VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), desc.addr()).is_ok() {
+                    written = 4;
+                }
+                break;
+            }
+        }
+        if written == 0 {
+            M::inc(&self.metrics.bad_descriptors);
+        }
+        if let Err(e) = queue.add_used(mem, head, written) {
+            tracing::warn!(error = %e, "vsock: cannot return the event buffer");
+            return;
+        }
+        tracing::info!("vsock: sent the guest a transport reset");
+        self.signal_used();
+    }
+
     /// Hands the guest's packets to the muxer.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };
@@ -244,5 +280,16 @@ impl VirtioDevice for Vsock {
         self.active = None;
         self.tx_paused = false;
         self.muxer.set_active(false);
+    }
+
+    fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {
+        // The queues are only processed on the VMM thread, which is the
+        // one taking the snapshot: nothing runs concurrently.
+        let active = self.active.as_ref().ok_or("vsock is not active")?;
+        Ok(active.queues.iter().map(|q| q.state()).collect())
+    }
+
+    fn restored(&mut self) {
+        self.send_transport_reset();
     }
 }

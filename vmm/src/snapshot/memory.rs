@@ -1,0 +1,274 @@
+//! Guest RAM in a snapshot: one file, the RAM regions back to back in
+//! address order (the layout of [`crate::memory::ranges`]), sparse.
+//!
+//! Writing skips pages that are all zeros, leaving holes, so the file's
+//! disk usage is the guest's working set, not its RAM size. Every page of
+//! anonymous RAM is read (a never-touched page reads as the shared zero
+//! page, allocating nothing); residency (mincore) is not a usable filter,
+//! because boot files are private *file* mappings in guest RAM whose pages
+//! the guest has not read yet are not resident either, yet hold the kernel
+//! and initramfs. Memfd-backed RAM (shared with virtiofsd) is only read
+//! where the memfd has data (SEEK_DATA), as reading a hole would allocate.
+//!
+//! Restoring either maps the file MAP_PRIVATE over guest RAM (no copy; many
+//! VMs share the page cache, and a guest write copies one page), or, for a
+//! VM whose RAM must be shared with a vhost-user backend, copies the file's
+//! data extents (SEEK_DATA/SEEK_HOLE) into a fresh memfd: virtiofsd maps
+//! that memfd, and a private file mapping would hide the guest's writes
+//! from it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::SnapshotError;
+
+const PAGE: usize = 4096;
+
+/// What [`dump`] wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DumpStats {
+    /// Guest RAM size in bytes (the file's length).
+    pub ram_bytes: u64,
+    /// Bytes of data written (the rest are holes).
+    pub data_bytes: u64,
+    /// CRC32 over each data page's file offset and contents, in file order.
+    pub crc32: u32,
+}
+
+/// Adds one data page to a memory checksum.
+fn hash_page(hasher: &mut crc32fast::Hasher, offset: u64, page: &[u8]) {
+    hasher.update(&offset.to_le_bytes());
+    hasher.update(page);
+}
+
+/// (guest address, length, offset in the memory file) of each RAM region.
+fn layout(mem: &GuestMemoryMmap) -> Vec<(GuestAddress, usize, u64)> {
+    let mut offset = 0u64;
+    mem.iter()
+        .map(|region| {
+            let entry = (region.start_addr(), region.len() as usize, offset);
+            offset += region.len();
+            entry
+        })
+        .collect()
+}
+
+/// Writes guest RAM to `path` (created; replaced if it exists). The vCPUs
+/// must be paused.
+pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<DumpStats, SnapshotError> {
+    let io = SnapshotError::io(path);
+    let file = File::create(path).map_err(SnapshotError::io(path))?;
+    let regions = layout(mem);
+    let ram_bytes: u64 = regions.iter().map(|(_, len, _)| *len as u64).sum();
+    file.set_len(ram_bytes).map_err(SnapshotError::io(path))?;
+    let mut stats = DumpStats { ram_bytes, data_bytes: 0, crc32: 0 };
+    let mut hasher = crc32fast::Hasher::new();
+    let mut page = vec![0u8; PAGE];
+    for (region, (start, len, file_offset)) in mem.iter().zip(regions) {
+        // The page ranges (offsets in the region) worth reading.
+        let ranges = match region.file_offset() {
+            Some(backing) => {
+                let base = backing.start();
+                data_extents(backing.file(), base, base + len as u64)
+                    .map_err(|e| SnapshotError::State(format!("guest RAM extents: {e}")))?
+                    .into_iter()
+                    .map(|(at, n)| (at - base, n))
+                    .collect()
+            }
+            None => vec![(0, len as u64)],
+        };
+        for (range_start, range_len) in ranges {
+            let first = range_start - range_start % PAGE as u64;
+            let mut at = first;
+            while at < range_start + range_len && at < len as u64 {
+                mem.read_slice(&mut page, start.unchecked_add(at))
+                    .map_err(|e| SnapshotError::State(format!("reading guest RAM: {e}")))?;
+                if page.iter().any(|&b| b != 0) {
+                    file.write_all_at(&page, file_offset + at).map_err(SnapshotError::io(path))?;
+                    hash_page(&mut hasher, file_offset + at, &page);
+                    stats.data_bytes += PAGE as u64;
+                }
+                at += PAGE as u64;
+            }
+        }
+    }
+    file.sync_all().map_err(io)?;
+    stats.crc32 = hasher.finalize();
+    Ok(stats)
+}
+
+/// The data extents of `file` within [from, len): (offset, length) pairs.
+fn data_extents(file: &File, from: u64, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let mut extents = Vec::new();
+    let mut at = from;
+    while at < len {
+        // SAFETY: lseek on our open file; no memory is involved.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after `at`
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (data, hole) = (data as u64, (hole as u64).min(len));
+        if hole > data {
+            extents.push((data, hole - data));
+        }
+        at = hole.max(data + 1);
+    }
+    Ok(extents)
+}
+
+/// Checks the memory file against the checksum [`dump`] computed: every
+/// non-zero page of its data extents (a file system may report a few zero
+/// bytes around the pages written as data; zero pages were never written).
+fn verify(file: &File, path: &Path, size: u64, expected: u32) -> Result<(), SnapshotError> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut page = vec![0u8; PAGE];
+    for (offset, len) in data_extents(file, 0, size).map_err(SnapshotError::io(path))? {
+        let first = offset - offset % PAGE as u64;
+        let mut at = first;
+        while at < offset + len {
+            file.read_exact_at(&mut page, at).map_err(SnapshotError::io(path))?;
+            if page.iter().any(|&b| b != 0) {
+                hash_page(&mut hasher, at, &page);
+            }
+            at += PAGE as u64;
+        }
+    }
+    let computed = hasher.finalize();
+    if computed != expected {
+        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: expected, computed });
+    }
+    Ok(())
+}
+
+/// Guest RAM of `size` bytes restored from the memory file at `path`, after
+/// checking it against `crc32` from the state: mapped private, or copied
+/// into a memfd when `shared`.
+pub fn restore(path: &Path, size: u64, shared: bool, crc32: u32) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file = File::open(path).map_err(SnapshotError::io(path))?;
+    let file_len = file.metadata().map_err(SnapshotError::io(path))?.len();
+    if file_len != size {
+        return Err(SnapshotError::Invalid {
+            path: path.to_path_buf(),
+            why: format!("the memory file is {file_len} bytes; the state says guest RAM is {size}"),
+        });
+    }
+    verify(&file, path, size, crc32)?;
+    let bad = |why: String| SnapshotError::Invalid { path: path.to_path_buf(), why };
+    if !shared {
+        let mem = crate::memory::create(size).map_err(|e| bad(e.to_string()))?;
+        for (start, len, offset) in layout(&mem) {
+            crate::memory::map_file(&mem, &file, offset, start.0, len as u64).map_err(|e| bad(e.to_string()))?;
+        }
+        return Ok(mem);
+    }
+    let mem = crate::memory::create_shared(size).map_err(|e| bad(e.to_string()))?;
+    let regions = layout(&mem);
+    let mut buf = vec![0u8; 1 << 20];
+    for (offset, len) in data_extents(&file, 0, size).map_err(SnapshotError::io(path))? {
+        let mut done = 0u64;
+        while done < len {
+            let at = offset + done;
+            let Some(&(start, region_len, region_offset)) =
+                regions.iter().find(|(_, rlen, roff)| at >= *roff && at < roff + *rlen as u64)
+            else {
+                return Err(bad(format!("data at offset {at:#x} is outside guest RAM")));
+            };
+            let region_end = region_offset + region_len as u64;
+            let n = (len - done).min(buf.len() as u64).min(region_end - at) as usize;
+            file.read_exact_at(&mut buf[..n], at).map_err(SnapshotError::io(path))?;
+            mem.write_slice(&buf[..n], start.unchecked_add(at - region_offset))
+                .map_err(|e| bad(format!("writing guest RAM: {e}")))?;
+            done += n as u64;
+        }
+    }
+    Ok(mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(mem: &GuestMemoryMmap) {
+        mem.write_obj(0x1122_3344u32, GuestAddress(0x1000)).expect("write");
+        mem.write_slice(&[7u8; 3 * PAGE], GuestAddress(0x10_0000)).expect("write");
+        // Touched but zero: resident, yet no data in the file.
+        mem.write_slice(&[0u8; PAGE], GuestAddress(0x20_0000)).expect("write");
+    }
+
+    fn check(mem: &GuestMemoryMmap) {
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).expect("read"), 0x1122_3344);
+        let mut buf = vec![0u8; 3 * PAGE];
+        mem.read_slice(&mut buf, GuestAddress(0x10_0000)).expect("read");
+        assert!(buf.iter().all(|&b| b == 7));
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x50_0000)).expect("read"), 0);
+    }
+
+    #[test]
+    fn dump_is_sparse_and_both_restores_give_the_same_ram() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("memory");
+        let mem = crate::memory::create(16 << 20).expect("mem");
+        fill(&mem);
+        // A boot file mapped into RAM that the guest never read: its pages
+        // are not resident, yet they are guest RAM content.
+        let boot_file = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(boot_file.path(), vec![0x5au8; PAGE]).expect("write");
+        crate::memory::map_file(&mem, boot_file.as_file(), 0, 0x30_0000, PAGE as u64).expect("map");
+        let stats = dump(&mem, &path).expect("dump");
+        assert_eq!((stats.ram_bytes, stats.data_bytes), (16 << 20, 5 * PAGE as u64));
+        let file = File::open(&path).expect("open");
+        assert_eq!(
+            data_extents(&file, 0, 16 << 20).expect("extents").iter().map(|e| e.1).sum::<u64>() % PAGE as u64,
+            0
+        );
+
+        let private = restore(&path, 16 << 20, false, stats.crc32).expect("private restore");
+        check(&private);
+        assert_eq!(private.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a, "the boot file page");
+        // A guest write stays in this VM: the file and other restores keep
+        // the snapshot's bytes.
+        private.write_obj(0u32, GuestAddress(0x1000)).expect("write");
+        let shared = restore(&path, 16 << 20, true, stats.crc32).expect("shared restore");
+        check(&shared);
+        assert!(shared.iter().all(|r| r.file_offset().is_some()), "memfd-backed");
+
+        // One flipped byte in a data page is caught before the guest runs.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+        file.write_all_at(&[8u8], 0x10_0000 + 5).expect("corrupt");
+        let err = restore(&path, 16 << 20, false, stats.crc32).expect_err("refused").to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn shared_ram_is_dumped_from_its_memfd_extents() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("memory");
+        let mem = crate::memory::create_shared(16 << 20).expect("mem");
+        fill(&mem);
+        let stats = dump(&mem, &path).expect("dump");
+        assert_eq!(stats.data_bytes, 4 * PAGE as u64);
+        check(&restore(&path, 16 << 20, true, stats.crc32).expect("restore"));
+    }
+
+    #[test]
+    fn a_memory_file_of_the_wrong_size_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("memory");
+        std::fs::write(&path, vec![1u8; PAGE]).expect("write");
+        let err = restore(&path, 16 << 20, false, 0).expect_err("refused").to_string();
+        assert!(err.contains("4096 bytes; the state says guest RAM is 16777216"), "{err}");
+    }
+}
