@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod boot_slots;
 pub mod cgroup;
+pub mod check;
 pub mod child;
 pub mod config;
 pub mod network;

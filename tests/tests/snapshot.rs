@@ -22,8 +22,16 @@ fn sh(vm: &SandboxVm, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The counter's value. The loop rewrites the file each tick (truncate,
+/// then write), so a read can land in between and see it empty: read again.
 fn counter(vm: &SandboxVm) -> u64 {
-    sh(vm, "cat /tmp/counter").parse().expect("a number")
+    for _ in 0..10 {
+        if let Ok(value) = sh(vm, "cat /tmp/counter").parse() {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("/tmp/counter stayed empty or not a number");
 }
 
 /// Starts the VMM on a copy of `snapshot` with one file damaged, and

@@ -169,3 +169,36 @@ fn detached_container_has_state_takes_signals_and_is_deleted() {
     assert!(del.status.success(), "delete: {}", text(&del.stderr));
     assert_clean(dir.path());
 }
+
+#[test]
+#[ignore = "needs /dev/kvm and the built artefacts; run with scripts/test.sh or `-- --ignored`"]
+fn check_reports_whether_this_host_can_run_us() {
+    if test_infra::vm_test("check_reports_whether_this_host_can_run_us").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = config(dir.path());
+    let out = Command::new(cli()).arg("--config").arg(&good).arg("check").output().expect("kata-like check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "PASS  /dev/kvm: usable",
+        "PASS  KVM capabilities",
+        "PASS  virtiofsd:",
+        "PASS  guest kernel:",
+        "PASS  cgroups:",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(text.trim_end().ends_with("this host can run kata-like"), "{text}");
+
+    // A config whose kernel is missing: that line fails, with the fix.
+    let bad = dir.path().join("bad.toml");
+    let body = std::fs::read_to_string(&good).expect("read") + "kernel = \"/nonexistent/vmlinux\"\n";
+    std::fs::write(&bad, body).expect("write");
+    let out = Command::new(cli()).arg("--config").arg(&bad).arg("check").output().expect("kata-like check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  guest kernel: /nonexistent/vmlinux not found\n      fix: "), "{text}");
+    assert!(text.contains("1 check(s) failed"), "{text}");
+}

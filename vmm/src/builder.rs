@@ -197,7 +197,8 @@ fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(io_err(what))
 }
 
-fn check_kvm(kvm: &Kvm) -> Result<(), BuildError> {
+/// Checks that KVM has every capability this VMM needs.
+pub fn check_kvm(kvm: &Kvm) -> Result<(), BuildError> {
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel IRQ chip (KVM_CAP_IRQCHIP)"),
         (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),

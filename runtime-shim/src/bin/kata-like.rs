@@ -81,6 +81,10 @@ enum Top {
     /// booted guest that sandboxes start from.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Check whether this host can run kata-like: KVM, the VMM and guest
+    /// artefacts, virtiofsd, tun, cgroups, containerd and our runtime's
+    /// registration. Exits 1 if anything fails.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +101,21 @@ enum SnapshotCommand {
     },
     /// Remove every VM template.
     Clear,
+}
+
+fn check(opts: &standalone::Options) -> anyhow::Result<ExitCode> {
+    let config = kata_like_runtime::config::RuntimeConfig::load(opts.config.as_deref())?;
+    let findings = kata_like_runtime::check::run(&config);
+    for finding in &findings {
+        println!("{}", finding.render());
+    }
+    let failed = findings.iter().filter(|f| f.status == kata_like_runtime::check::Status::Fail).count();
+    if failed > 0 {
+        println!("{failed} check(s) failed: this host cannot run kata-like yet");
+        return Ok(ExitCode::from(1));
+    }
+    println!("this host can run kata-like");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn snapshot(opts: &standalone::Options, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
@@ -233,6 +252,7 @@ fn main() -> ExitCode {
         }
         Top::Spec { bundle } => standalone::spec(&bundle).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Top::Snapshot(command) => snapshot(&opts, command),
+        Top::Check => check(&opts),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use super::SnapshotError;
 
@@ -53,6 +54,17 @@ pub struct VcpuState {
     /// Pending exceptions, interrupts, NMIs, SMIs.
     pub events: kvm_vcpu_events,
 }
+
+// kvm-ioctls only offers the vCPU device-attribute ioctls on aarch64.
+vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEVICE_ATTR, kvm_bindings::KVMIO, 0xe1, kvm_bindings::kvm_device_attr);
+vmm_sys_util::ioctl_iow_nr!(KVM_HAS_DEVICE_ATTR, kvm_bindings::KVMIO, 0xe3, kvm_bindings::kvm_device_attr);
+
+/// The time-stamp counter.
+const MSR_IA32_TSC: u32 = 0x10;
+
+/// A restored TSC this close to the saved one (about a millisecond at
+/// GHz rates) needs no correction.
+const TSC_TOLERANCE: u64 = 10_000_000;
 
 /// MSRs per KVM_GET/SET_MSRS call (kvm-bindings' `Msrs` holds at most 256).
 const MSR_BATCH: usize = 200;
@@ -189,5 +201,57 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState) -> Result<(), SnapshotError>
         }
     }
     fd.set_vcpu_events(&state.events).map_err(SnapshotError::kvm(what("KVM_SET_VCPU_EVENTS")))?;
+    if let Some(&(_, saved)) = state.msrs.iter().find(|(i, _)| *i == MSR_IA32_TSC) {
+        restore_tsc(fd, index, saved)?;
+    }
+    Ok(())
+}
+
+/// Makes the guest TSC continue from `saved`. A host write of the TSC MSR
+/// is not enough everywhere (on nested PVM hosts the guest TSC stays the
+/// host's), and a guest whose TSC jumped by the time since the snapshot
+/// catches its clock up one second at a time (`second_overflow`), which is
+/// emulated kernel work on nested hosts: a day-old template would spend
+/// minutes on it. So the offset is set directly (KVM_VCPU_TSC_OFFSET),
+/// where KVM has it and applies it (hardware KVM; not nested PVM).
+fn restore_tsc(fd: &VcpuFd, index: u8, saved: u64) -> Result<(), SnapshotError> {
+    use kvm_bindings::{kvm_device_attr, KVM_VCPU_TSC_CTRL, KVM_VCPU_TSC_OFFSET};
+    let guest_now = read_msrs(fd, &[MSR_IA32_TSC], index)?.first().map_or(0, |m| m.1);
+    if guest_now.abs_diff(saved) < TSC_TOLERANCE {
+        return Ok(());
+    }
+    let probe =
+        kvm_device_attr { group: KVM_VCPU_TSC_CTRL, attr: u64::from(KVM_VCPU_TSC_OFFSET), ..Default::default() };
+    // SAFETY: KVM_HAS_DEVICE_ATTR reads a kvm_device_attr, which `probe` is.
+    let supported = unsafe { ioctl_with_ref(fd, KVM_HAS_DEVICE_ATTR(), &probe) } == 0;
+    if !supported {
+        tracing::warn!(
+            vcpu = index,
+            behind = guest_now.saturating_sub(saved),
+            "KVM cannot set the guest TSC offset; the guest clock will catch up"
+        );
+        return Ok(());
+    }
+    // SAFETY: RDTSC has no preconditions on x86_64.
+    let host_now = unsafe { std::arch::x86_64::_rdtsc() };
+    let offset: u64 = saved.wrapping_sub(host_now);
+    let attr = kvm_device_attr { addr: &offset as *const u64 as u64, ..probe };
+    // SAFETY: KVM_SET_DEVICE_ATTR reads a kvm_device_attr whose `addr`
+    // points to the u64 offset, alive for the call.
+    if unsafe { ioctl_with_ref(fd, KVM_SET_DEVICE_ATTR(), &attr) } != 0 {
+        return Err(SnapshotError::kvm(format!("vCPU {index}: KVM_VCPU_TSC_OFFSET"))(kvm_ioctls::Error::last()));
+    }
+    let after = read_msrs(fd, &[MSR_IA32_TSC], index)?.first().map_or(0, |m| m.1);
+    if after.abs_diff(saved) < TSC_TOLERANCE {
+        tracing::debug!(vcpu = index, saved, before = guest_now, "guest TSC offset restored");
+    } else {
+        // Seen on nested PVM hosts: the call succeeds, the TSC stays the host's.
+        let khz = u64::from(fd.get_tsc_khz().unwrap_or(0)).max(1);
+        tracing::warn!(
+            vcpu = index,
+            ahead_secs = after.saturating_sub(saved) / (khz * 1000),
+            "KVM did not apply the guest TSC offset; the guest clock catches up by the time since the snapshot"
+        );
+    }
     Ok(())
 }

@@ -347,9 +347,11 @@ impl MmioTransport {
             if let Some(index) = device_queues.iter().position(|q| q.ready() && !q.is_valid(&self.mem)) {
                 return Err(format!("queue {index}: rings outside guest memory"));
             }
+            let states: Vec<virtio_queue::QueueState> = device_queues.iter().map(|q| q.state()).collect();
             let ctx =
                 ActivateContext { mem: self.mem.clone(), queues: device_queues, acked_features: self.acked_features };
             let mut device = lock(&self.device);
+            device.check_restorable(&states)?;
             device.activate(ctx).map_err(|e| e.to_string())?;
             device.restored();
             self.activated = true;

@@ -126,6 +126,11 @@ pub trait VirtioDevice: Send {
     fn resume(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// Whether the device can take up these saved queue positions in a new
+    /// VMM (called before activation on restore).
+    fn check_restorable(&self, _device_queues: &[QueueState]) -> Result<(), String> {
+        Ok(())
+    }
     /// Called once on a device activated from a snapshot, before the vCPUs
     /// run (vsock tells the guest its connections are gone).
     fn restored(&mut self) {}

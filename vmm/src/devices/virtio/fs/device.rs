@@ -280,6 +280,18 @@ impl VirtioDevice for Fs {
         Ok(started.queues.iter().map(|q| q.state()).collect())
     }
 
+    fn check_restorable(&self, device_queues: &[QueueState]) -> Result<(), String> {
+        // Requests on a ring mean the guest has a FUSE session (it mounted
+        // the tag): the new virtiofsd never saw its FUSE_INIT or its inodes.
+        if device_queues.iter().any(|q| q.next_avail != 0) {
+            return Err(format!(
+                "the snapshot's guest had virtio-fs tag {:?} mounted; its FUSE session cannot move to a new virtiofsd (snapshot before mounting)",
+                String::from_utf8_lossy(&self.config[..TAG_LEN]).trim_end_matches('\0')
+            ));
+        }
+        Ok(())
+    }
+
     fn resume(&mut self) -> Result<(), String> {
         // GET_VRING_BASE stopped the rings: start them again where they are.
         let Some(started) = self.started.take() else { return Ok(()) };
