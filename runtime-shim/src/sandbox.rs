@@ -74,16 +74,37 @@ const API_SOCKET: &str = "api.sock";
 /// How long a pause/resume/snapshot request may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Gives a restored guest fresh entropy and the wall clock.
-fn refresh_restored(client: &AgentClient) -> Result<(), SandboxError> {
+/// `n` random bytes from the host, for a guest's entropy pool.
+pub fn host_entropy(n: usize) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let mut buf = vec![0u8; n];
+    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// The host's wall clock in nanoseconds since the Unix epoch, for a guest.
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// Gives a restored guest fresh entropy and the wall clock before anything
+/// else: its RNG state and clock are the snapshot's, shared with every
+/// other VM restored from it. The guest handles the VMM's vsock transport
+/// reset at its first interrupt; should that overtake our first
+/// connection, the second attempt is on a fresh one. Returns the connection
+/// that worked.
+fn refresh_restored(client: AgentClient, uds: &Path) -> Result<AgentClient, String> {
     let mut request = kata_like_protocol::agent::RestoredRequest::new();
-    let mut entropy = vec![0u8; 64];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut entropy)).map_err(io_err("reading /dev/urandom"))?;
-    request.entropy = entropy;
-    request.realtime_ns =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    Ok(client.restored(&request)?)
+    request.entropy = host_entropy(64).map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    request.realtime_ns = realtime_ns();
+    match client.restored(&request) {
+        Ok(()) => Ok(client),
+        Err(first) => {
+            tracing::debug!(error = %first, "Restored on the first connection failed; reconnecting");
+            let again = AgentClient::connect(uds, RPC_TIMEOUT).map_err(|e| e.to_string())?;
+            again.restored(&request).map(|()| again).map_err(|e| format!("{e} (first attempt: {first})"))
+        }
+    }
 }
 
 /// The descriptor number the VMM finds the tap at.
@@ -328,6 +349,11 @@ impl SandboxVm {
                 Ok(None) => Ok(()),
                 Err(e) => Err(format!("cannot check the VMM process: {e}")),
             }
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|(client, health)| match spec.restore_from {
+            None => Ok((client, health)),
+            Some(_) => refresh_restored(client, &uds).map(|client| (client, health)),
         });
         let (client, health) = match ready {
             Ok(ready) => ready,
@@ -341,7 +367,7 @@ impl SandboxVm {
                     .lines()
                     .find_map(|l| l.strip_prefix("kata-like-vmm: error: "))
                     .map(|why| format!("{e}; VMM: {why}"))
-                    .unwrap_or_else(|| e.to_string());
+                    .unwrap_or(e);
                 let console = tail(&console, 15);
                 if let Some(state) = state {
                     keep_for_debugging(state);
@@ -349,30 +375,6 @@ impl SandboxVm {
                 return Err(SandboxError::Boot { reason, vmm_log: log, console });
             }
         };
-        let mut client = client;
-        let mut vm_parts = (child, virtiofsd.map(|(c, _)| c));
-        if spec.restore_from.is_some() {
-            // Before anything else: this guest's RNG state and clock are the
-            // snapshot's, shared with every other VM restored from it. The
-            // guest handles the VMM's vsock transport reset at its first
-            // interrupt; should that overtake our first connection, the
-            // second attempt is on a fresh one.
-            let refreshed = refresh_restored(&client).or_else(|first| {
-                tracing::debug!(error = %first, "Restored on the first connection failed; reconnecting");
-                let again = AgentClient::connect(&uds, RPC_TIMEOUT)?;
-                refresh_restored(&again)?;
-                client = again;
-                Ok::<(), SandboxError>(())
-            });
-            if let Err(e) = refreshed {
-                stop(&mut vm_parts.0);
-                if let Some(fsd) = vm_parts.1.as_mut() {
-                    stop(fsd);
-                }
-                return Err(e);
-            }
-        }
-        let (child, virtiofsd) = vm_parts;
         let log = std::fs::read_to_string(&vmm_log).unwrap_or_default();
         let times = BootTimes {
             first_kvm_run_us: log_value(&log, "first KVM_RUN", "us_since_start"),
@@ -381,7 +383,7 @@ impl SandboxVm {
         };
         Ok(SandboxVm {
             child: Some(child),
-            virtiofsd,
+            virtiofsd: virtiofsd.map(|(c, _)| c),
             state_path,
             state,
             client,

@@ -23,9 +23,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::RuntimeConfig;
-use crate::sandbox::{SandboxVm, VmSpec};
+use crate::sandbox::SandboxVm;
 use crate::shim::sandbox::SHARED_TAG;
-use crate::virtiofsd::SharedFs;
 
 /// The VM a template holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,28 +106,7 @@ fn build(config: &RuntimeConfig, shape: &Shape, root: &Path, key: &str, dir: &Pa
     let _ = std::fs::remove_dir_all(&work);
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| format!("{}: {e}", shared.display()))?;
-    let spec = VmSpec {
-        vmm: config.vmm.clone(),
-        kernel: config.kernel.clone(),
-        initrd: config.initrd.clone(),
-        vcpus: shape.vcpus,
-        memory_mib: shape.memory_mib,
-        extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
-        boot_timeout: config.boot_timeout(),
-        state_parent: None,
-        vmm_args: Vec::new(),
-        state_dir: Some(work.join("vm")),
-        shared: Some(SharedFs {
-            virtiofsd: config.virtiofsd.clone(),
-            dir: shared,
-            tag: SHARED_TAG.into(),
-            cache: config.virtiofsd_cache.clone(),
-            extra_args: config.virtiofsd_args.clone(),
-        }),
-        net: None,
-        cgroup: None,
-        restore_from: None,
-    };
+    let spec = crate::shim::sandbox::vm_spec(config, shape.vcpus, shape.memory_mib, work.join("vm"), shared);
     let started = std::time::Instant::now();
     let result = SandboxVm::start(&spec).map_err(|e| format!("template VM: {e}")).and_then(|vm| {
         let snapshot = work.join("snapshot");

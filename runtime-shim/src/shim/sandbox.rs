@@ -73,11 +73,38 @@ fn state_dir_name(id: &str) -> String {
 const STATE_LINK: &str = "kata-like-state";
 
 fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)) {
+    crate::sandbox::host_entropy(n).unwrap_or_else(|e| {
         log::warn!("no host entropy for the guest: {e}");
+        vec![0u8; n]
+    })
+}
+
+/// The VM of a sandbox under `config`: the configured VMM, kernel,
+/// initramfs and kernel parameters, state in `state_dir`, and `shared`
+/// served by virtiofsd under [`SHARED_TAG`]. No NIC, no host cgroup.
+pub fn vm_spec(config: &RuntimeConfig, vcpus: u8, memory_mib: u32, state_dir: PathBuf, shared: PathBuf) -> VmSpec {
+    VmSpec {
+        vmm: config.vmm.clone(),
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        vcpus,
+        memory_mib,
+        extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
+        boot_timeout: config.boot_timeout(),
+        state_parent: None,
+        vmm_args: Vec::new(),
+        state_dir: Some(state_dir),
+        shared: Some(SharedFs {
+            virtiofsd: config.virtiofsd.clone(),
+            dir: shared,
+            tag: SHARED_TAG.into(),
+            cache: config.virtiofsd_cache.clone(),
+            extra_args: config.virtiofsd_args.clone(),
+        }),
+        net: None,
+        cgroup: None,
+        restore_from: None,
     }
-    buf
 }
 
 impl Sandbox {
@@ -112,28 +139,11 @@ impl Sandbox {
         let slot = crate::boot_slots::acquire(&slots_dir, config.max_concurrent_boots(), config.boot_queue_timeout())
             .map_err(|e| e.to_string())?;
         let cgroup = crate::cgroup::HostCgroup::create(&opts.cgroups_path)?.map(std::sync::Arc::new);
-        let mut spec = VmSpec {
-            vmm: config.vmm.clone(),
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
-            vcpus: opts.vcpus.unwrap_or(config.vcpus),
-            memory_mib: opts.memory_mib.unwrap_or(config.memory_mib),
-            extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
-            boot_timeout: config.boot_timeout(),
-            state_parent: None,
-            vmm_args: Vec::new(),
-            state_dir: Some(state.clone()),
-            shared: Some(SharedFs {
-                virtiofsd: config.virtiofsd.clone(),
-                dir: shared.clone(),
-                tag: SHARED_TAG.into(),
-                cache: config.virtiofsd_cache.clone(),
-                extra_args: config.virtiofsd_args.clone(),
-            }),
-            net: network.as_ref().map(|(device, _)| device.clone()),
-            cgroup,
-            restore_from: None,
-        };
+        let vcpus = opts.vcpus.unwrap_or(config.vcpus);
+        let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
+        let mut spec = vm_spec(config, vcpus, memory_mib, state.clone(), shared.clone());
+        spec.net = network.as_ref().map(|(device, _)| device.clone());
+        spec.cgroup = cgroup;
         let begin = std::time::Instant::now();
         if config.vm_templates && spec.net.is_none() {
             let shape = crate::template::Shape { vcpus: spec.vcpus, memory_mib: spec.memory_mib };
@@ -164,10 +174,7 @@ impl Sandbox {
         let client = vm.agent().with_rpc_timeout(config.rpc_timeout());
         let mut req = opts.setup;
         req.entropy = random_bytes(256);
-        req.realtime_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        req.realtime_ns = crate::sandbox::realtime_ns();
         req.shared_fs_tag = SHARED_TAG.into();
         client
             .call("SetupSandbox", false, |c, ctx| c.setup_sandbox(ctx, &req))

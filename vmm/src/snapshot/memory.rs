@@ -129,33 +129,35 @@ fn data_extents(file: &File, from: u64, len: u64) -> std::io::Result<Vec<(u64, u
     Ok(extents)
 }
 
-/// Checks the memory file against the checksum [`dump`] computed: every
-/// non-zero page of its data extents (a file system may report a few zero
-/// bytes around the pages written as data; zero pages were never written).
-fn verify(file: &File, path: &Path, size: u64, expected: u32) -> Result<(), SnapshotError> {
+/// Reads every non-zero page of the memory file's data extents, in file
+/// order, handing each to `each`, and returns the checksum [`dump`] computes
+/// over them (a file system may report a few zero bytes around the pages
+/// written as data; zero pages were never written).
+fn walk_data_pages(
+    file: &File,
+    path: &Path,
+    size: u64,
+    mut each: impl FnMut(u64, &[u8]) -> Result<(), SnapshotError>,
+) -> Result<u32, SnapshotError> {
     let mut hasher = crc32fast::Hasher::new();
     let mut page = vec![0u8; PAGE];
     for (offset, len) in data_extents(file, 0, size).map_err(SnapshotError::io(path))? {
-        let first = offset - offset % PAGE as u64;
-        let mut at = first;
+        let mut at = offset - offset % PAGE as u64;
         while at < offset + len {
             file.read_exact_at(&mut page, at).map_err(SnapshotError::io(path))?;
             if page.iter().any(|&b| b != 0) {
                 hash_page(&mut hasher, at, &page);
+                each(at, &page)?;
             }
             at += PAGE as u64;
         }
     }
-    let computed = hasher.finalize();
-    if computed != expected {
-        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: expected, computed });
-    }
-    Ok(())
+    Ok(hasher.finalize())
 }
 
-/// Guest RAM of `size` bytes restored from the memory file at `path`, after
-/// checking it against `crc32` from the state: mapped private, or copied
-/// into a memfd when `shared`.
+/// Guest RAM of `size` bytes restored from the memory file at `path`,
+/// checked against `crc32` from the state: mapped private, or copied into a
+/// memfd when `shared` (in the same pass as the check).
 pub fn restore(path: &Path, size: u64, shared: bool, crc32: u32) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let file_len = file.metadata().map_err(SnapshotError::io(path))?.len();
@@ -165,34 +167,30 @@ pub fn restore(path: &Path, size: u64, shared: bool, crc32: u32) -> Result<Guest
             why: format!("the memory file is {file_len} bytes; the state says guest RAM is {size}"),
         });
     }
-    verify(&file, path, size, crc32)?;
     let bad = |why: String| SnapshotError::Invalid { path: path.to_path_buf(), why };
+    let mem = if shared { crate::memory::create_shared(size) } else { crate::memory::create(size) }
+        .map_err(|e| bad(e.to_string()))?;
+    let regions = layout(&mem);
     if !shared {
-        let mem = crate::memory::create(size).map_err(|e| bad(e.to_string()))?;
-        for (start, len, offset) in layout(&mem) {
+        for &(start, len, offset) in &regions {
             crate::memory::map_file(&mem, &file, offset, start.0, len as u64).map_err(|e| bad(e.to_string()))?;
         }
-        return Ok(mem);
     }
-    let mem = crate::memory::create_shared(size).map_err(|e| bad(e.to_string()))?;
-    let regions = layout(&mem);
-    let mut buf = vec![0u8; 1 << 20];
-    for (offset, len) in data_extents(&file, 0, size).map_err(SnapshotError::io(path))? {
-        let mut done = 0u64;
-        while done < len {
-            let at = offset + done;
-            let Some(&(start, region_len, region_offset)) =
-                regions.iter().find(|(_, rlen, roff)| at >= *roff && at < roff + *rlen as u64)
-            else {
-                return Err(bad(format!("data at offset {at:#x} is outside guest RAM")));
-            };
-            let region_end = region_offset + region_len as u64;
-            let n = (len - done).min(buf.len() as u64).min(region_end - at) as usize;
-            file.read_exact_at(&mut buf[..n], at).map_err(SnapshotError::io(path))?;
-            mem.write_slice(&buf[..n], start.unchecked_add(at - region_offset))
-                .map_err(|e| bad(format!("writing guest RAM: {e}")))?;
-            done += n as u64;
+    let computed = walk_data_pages(&file, path, size, |offset, page| {
+        if !shared {
+            return Ok(());
         }
+        // Regions are page-aligned, so a page lies within one.
+        let Some(&(start, _, region_offset)) =
+            regions.iter().find(|(_, len, roff)| offset >= *roff && offset < roff + *len as u64)
+        else {
+            return Err(bad(format!("data at offset {offset:#x} is outside guest RAM")));
+        };
+        mem.write_slice(page, start.unchecked_add(offset - region_offset))
+            .map_err(|e| bad(format!("writing guest RAM: {e}")))
+    })?;
+    if computed != crc32 {
+        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: crc32, computed });
     }
     Ok(mem)
 }

@@ -73,15 +73,14 @@ pub struct Fs {
     calls: Vec<EventFd>,
     interrupt: Arc<IrqTrigger>,
     metrics: FsMetrics,
-    active: bool,
-    /// What the rings were started with: memory, queues and features, kept
-    /// to restart them after a snapshot.
+    /// What the rings were started with (memory, queues, features) while
+    /// the device is active; kept to restart them after a snapshot.
     started: Option<ActivateContext>,
 }
 
 impl std::fmt::Debug for Fs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fs").field("socket", &self.socket).field("active", &self.active).finish()
+        f.debug_struct("Fs").field("socket", &self.socket).field("active", &self.started.is_some()).finish()
     }
 }
 
@@ -127,7 +126,6 @@ impl Fs {
             calls: eventfds()?,
             interrupt,
             metrics: FsMetrics::default(),
-            active: false,
             started: None,
         })
     }
@@ -234,13 +232,12 @@ impl VirtioDevice for Fs {
             FsMetrics::inc(&self.metrics.backend_errors);
             ActivateError(format!("virtio-fs ({}): {e}", self.socket.display()))
         })?;
-        self.active = true;
         self.started = Some(ctx);
         Ok(())
     }
 
     fn reset(&mut self) {
-        if !self.active {
+        if self.started.is_none() {
             return;
         }
         // Stop the rings in virtiofsd; a later activation sets them up again.
@@ -253,7 +250,6 @@ impl VirtioDevice for Fs {
                 tracing::warn!(index, error = %e, "virtio-fs: cannot stop a ring in virtiofsd");
             }
         }
-        self.active = false;
         self.started = None;
     }
 
