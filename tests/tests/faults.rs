@@ -1,0 +1,386 @@
+//! Fault injection through a private containerd (issue 5): SIGKILL the
+//! shim, the VMM, virtiofsd or, inside the guest, the agent at a random
+//! point of a container's life, `KATA_LIKE_FAULT_ITERATIONS` times each
+//! (default 50); after every kill containerd must see the task gone and
+//! nothing may be left behind (processes, mounts, state directory with its
+//! sockets, the sandbox's cgroup). Then: a guest kernel panic, and a guest
+//! flooding its console, each with the same checks.
+//!
+//! Sandboxes start from a VM template (`vm_templates = true`): a restore
+//! takes seconds where a cold boot takes tens, which is what makes hundreds
+//! of container lives affordable. Two workers run at once (the boot slots).
+//! The seed of the random kill points is printed; `KATA_LIKE_FAULT_SEED`
+//! replays it.
+
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kata_like_protocol::agent::RunProcessRequest;
+use kata_like_protocol::AgentClient;
+use test_infra::containerd::{Containerd, IMAGE, RUNTIME};
+
+/// What gets killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Shim,
+    Vmm,
+    Virtiofsd,
+    Agent,
+}
+
+const TARGETS: [Target; 4] = [Target::Shim, Target::Vmm, Target::Virtiofsd, Target::Agent];
+
+/// The window the kill point is drawn from, from `ctr run -d` on: it
+/// covers the restore, SetupSandbox, CreateContainer, StartContainer and a
+/// few seconds of the running container on this host.
+const LIFE: Duration = Duration::from_secs(18);
+
+/// xorshift64*: reproducible kill points from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, d: Duration) -> Duration {
+        Duration::from_micros(self.next() % (d.as_micros() as u64).max(1))
+    }
+}
+
+fn setup(test: &str) -> Option<Containerd> {
+    setup_with(test, "")
+}
+
+/// A private containerd whose runtime config uses VM templates, plus
+/// `extra` config lines.
+fn setup_with(test: &str, extra: &str) -> Option<Containerd> {
+    test_infra::vm_test(test)?;
+    if let Some(reason) = test_infra::containerd::unavailable() {
+        test_infra::skip(test, &reason);
+        return None;
+    }
+    let config = format!("vm_templates = true\n{extra}");
+    Some(Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{test}: {e}")))
+}
+
+fn iterations() -> usize {
+    std::env::var("KATA_LIKE_FAULT_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+}
+
+/// The sandbox state directory of container `id` (ids here are short, so
+/// the directory is named after the id).
+fn state_dir(c: &Containerd, id: &str) -> std::path::PathBuf {
+    c.kata_state.join(id)
+}
+
+/// The host cgroups `ctr` gives a container (`/<namespace>/<id>`) that
+/// still exist.
+fn cgroups_of(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let dir = entry.path().join("default").join(id);
+        if dir.is_dir() {
+            found.push(dir.display().to_string());
+        }
+    }
+    let unified = std::path::Path::new("/sys/fs/cgroup/default").join(id);
+    if unified.is_dir() {
+        found.push(unified.display().to_string());
+    }
+    found
+}
+
+/// The shim of container `id` (`... -id <id> ...`).
+fn shim_pids(id: &str) -> Vec<u32> {
+    test_infra::processes()
+        .into_iter()
+        .filter(|(_, cmd)| {
+            cmd.contains("containerd-shim-kata-like-v2")
+                && cmd.split(' ').collect::<Vec<_>>().windows(2).any(|w| w == ["-id", id])
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Everything container `id` could leave behind.
+fn leftovers(c: &Containerd, id: &str) -> Vec<String> {
+    let state = state_dir(c, id);
+    let state_str = state.display().to_string();
+    let mut left = Vec::new();
+    for pid in test_infra::processes_of("kata-like-vmm", &[&state_str]) {
+        left.push(format!("VMM {pid}"));
+    }
+    for pid in test_infra::processes_of("virtiofsd", &[&state_str]) {
+        left.push(format!("virtiofsd {pid}"));
+    }
+    left.extend(shim_pids(id).into_iter().map(|pid| format!("shim {pid}")));
+    for mount in test_infra::mounts_under(&format!("{state_str}/")) {
+        left.push(format!("mount {mount}"));
+    }
+    if state.exists() {
+        left.push(format!("state {state_str}"));
+    }
+    left.extend(cgroups_of(id).into_iter().map(|d| format!("cgroup {d}")));
+    left
+}
+
+fn wait_clean(c: &Containerd, id: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = leftovers(c, id);
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The task's status in `ctr task ls`, or None once containerd has no task.
+fn task_status(c: &Containerd, id: &str) -> Option<String> {
+    let out = c.ctr(&["task", "ls"]).ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+}
+
+/// Kills `target` of container `id` if it exists now; whether it did.
+fn kill(c: &Containerd, id: &str, target: Target) -> bool {
+    let state = state_dir(c, id).display().to_string();
+    let pids = match target {
+        Target::Shim => shim_pids(id),
+        Target::Vmm => test_infra::processes_of("kata-like-vmm", &[&state]),
+        Target::Virtiofsd => test_infra::processes_of("virtiofsd", &[&state]),
+        Target::Agent => return kill_agent(&kata_like_runtime::sandbox::vsock_path(&state_dir(c, id))),
+    };
+    for pid in &pids {
+        // SAFETY: kill(2) on a process of this test's private containerd.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    !pids.is_empty()
+}
+
+/// SIGKILLs the agent from inside the guest: a process it runs kills its
+/// parent. The request never gets an answer (its answerer is dead).
+fn kill_agent(uds: &std::path::Path) -> bool {
+    if !uds.exists() {
+        return false;
+    }
+    let Ok(client) = AgentClient::connect(uds, Duration::from_secs(5)) else { return false };
+    let mut req = RunProcessRequest::new();
+    req.args = ["sh", "-c", "kill -9 $PPID"].iter().map(|s| s.to_string()).collect();
+    req.timeout_ms = 10_000;
+    // Ok would mean the agent survived; either way we tried.
+    let _ = client.run_process(&req);
+    true
+}
+
+/// One container life ended by a kill: returns what was observed.
+fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    let mut run: Child = c
+        .ctr_command(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", "echo up; exec sleep 100000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ctr: {e}"))?;
+    // Kill at the drawn point, or as soon as the target exists after it.
+    let give_up = started + LIFE + Duration::from_secs(600);
+    let mut ran = None;
+    loop {
+        if ran.is_none() {
+            ran = run.try_wait().map_err(|e| e.to_string())?;
+        }
+        if started.elapsed() >= kill_at && kill(c, id, target) {
+            break;
+        }
+        if let Some(status) = ran {
+            if !status.success() && started.elapsed() >= kill_at {
+                // The start failed before the target ever existed.
+                return Err(format!("ctr run -d failed before {target:?} could be killed ({status})"));
+            }
+        }
+        if Instant::now() > give_up {
+            return Err(format!("{target:?} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_after = started.elapsed();
+    let phase = if ran.is_some() { "running" } else { "starting" };
+    // `ctr run -d` ends either way: with the task started, or with the
+    // start's error.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while run.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            return Err("ctr run -d hangs after the kill".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // containerd sees the task exit (or no task at all).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        match task_status(c, id).as_deref() {
+            None | Some("STOPPED") => break,
+            Some(other) if Instant::now() > deadline => {
+                return Err(format!("task still {other} 180 s after {target:?} was killed"));
+            }
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let _ = c.ctr(&["task", "delete", "--force", id]);
+    let _ = c.ctr(&["container", "delete", id]);
+    let left = wait_clean(c, id, Duration::from_secs(60));
+    if !left.is_empty() {
+        return Err(format!("leaked after killing {target:?} ({phase}): {left:?}"));
+    }
+    Ok(format!("{target:?} killed after {:.1} s ({phase})", killed_after.as_secs_f64()))
+}
+
+#[test]
+#[ignore = "boots hundreds of microVMs (from a template) through containerd"]
+fn kills_at_random_points_leave_nothing_behind() {
+    let Some(c) = setup("kills_at_random_points_leave_nothing_behind") else { return };
+    let seed = std::env::var("KATA_LIKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+    });
+    let per_target = iterations();
+    eprintln!("fault injection: seed {seed}, {per_target} kills per target (replay: KATA_LIKE_FAULT_SEED={seed})");
+    // The template is built once, before the clock of any kill starts.
+    let (out, err, code) = c.run("fault-warmup", &[], &["true"]);
+    assert_eq!(code, 0, "warm-up run: {out}{err}\n{}", c.log_tail());
+    let c = Arc::new(c);
+    let plan: Vec<(usize, Target)> = (0..per_target).flat_map(|i| TARGETS.map(|t| (i, t))).collect();
+    let plan = Arc::new(Mutex::new(plan.into_iter()));
+    let rng = Arc::new(Mutex::new(Rng(seed)));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let began = Instant::now();
+    let workers: Vec<_> = (0..test_infra::containerd::BOOT_SLOTS)
+        .map(|_| {
+            let (c, plan, rng, failures) = (c.clone(), plan.clone(), rng.clone(), failures.clone());
+            std::thread::spawn(move || loop {
+                let Some((i, target)) = plan.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
+                let kill_at = rng.lock().unwrap_or_else(|e| e.into_inner()).below(LIFE);
+                let id = format!("f{}{i}", format!("{target:?}").to_lowercase());
+                match one_life(&c, &id, target, kill_at) {
+                    Ok(what) => eprintln!("{id}: {what}; nothing left"),
+                    Err(e) => {
+                        let log = c.log_lines_with(&id);
+                        let tail: Vec<&str> = log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+                        eprintln!("{id}: FAILED: {e}\n--- containerd and shim log lines naming {id} ---\n{}", tail.join("\n"));
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{id}: {e}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    eprintln!(
+        "fault injection: {} container lives, {} failures, {:.0} s (seed {seed})",
+        per_target * TARGETS.len(),
+        failures.len(),
+        began.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{failures:#?}\n{}", c.log_tail());
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "leftovers: {left:#?}");
+}
+
+/// Runs `script` as root in the guest of container `id` (outside the
+/// container), through its agent.
+fn in_guest(c: &Containerd, id: &str, script: &str, timeout: Duration) -> Result<String, String> {
+    let uds = kata_like_runtime::sandbox::vsock_path(&state_dir(c, id));
+    let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let mut req = RunProcessRequest::new();
+    req.args = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+    req.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    client.run_process(&req).map(|r| String::from_utf8_lossy(&r.stdout).into_owned()).map_err(|e| e.to_string())
+}
+
+fn start_detached(c: &Containerd, id: &str) {
+    let out = c
+        .ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "100000"])
+        .unwrap_or_else(|e| panic!("ctr: {e}"));
+    assert!(out.status.success(), "ctr run -d {id}: {}\n{}", String::from_utf8_lossy(&out.stderr), c.log_tail());
+}
+
+fn wait_stopped(c: &Containerd, id: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !matches!(task_status(c, id).as_deref(), None | Some("STOPPED")) {
+        assert!(Instant::now() < deadline, "{id}: the task still runs\n{}", c.log_tail());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "boots microVMs through containerd"]
+fn a_guest_panic_and_a_console_flood_are_contained() {
+    let Some(c) = setup_with(
+        "a_guest_panic_and_a_console_flood_are_contained",
+        &format!("console_limit_bytes = {FLOOD_TEST_CAP}\n"),
+    ) else {
+        return;
+    };
+
+    // A guest kernel panic: the VM resets (panic=-1), the task exits, and
+    // the shim logs why with the guest's last console lines.
+    start_detached(&c, "panic");
+    let _ = in_guest(&c, "panic", "echo c > /proc/sysrq-trigger", Duration::from_secs(30));
+    wait_stopped(&c, "panic", Duration::from_secs(120));
+    let panic_log = c.log_lines_with("sysrq triggered crash");
+    assert!(!panic_log.is_empty(), "the shim's log shows the guest's panic\n{}", c.log_tail());
+    let _ = c.ctr(&["task", "delete", "panic"]);
+    let _ = c.ctr(&["container", "delete", "panic"]);
+    let left = wait_clean(&c, "panic", Duration::from_secs(60));
+    assert!(left.is_empty(), "after a guest panic: {left:?}");
+
+    // A console flood: the console file stays within its cap while the
+    // agent keeps answering, and the container goes on.
+    start_detached(&c, "flood");
+    let console = kata_like_runtime::sandbox::console_path(&state_dir(&c, "flood"));
+    let flood =
+        "i=0; while [ $i -lt 4000 ]; do echo flooding-the-console-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; \
+                 i=$((i+1)); done > /dev/console";
+    let flooding = {
+        let uds = kata_like_runtime::sandbox::vsock_path(&state_dir(&c, "flood"));
+        let flood = flood.to_string();
+        std::thread::spawn(move || {
+            let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+            let mut req = RunProcessRequest::new();
+            req.args = vec!["sh".to_string(), "-c".to_string(), flood];
+            req.timeout_ms = 600_000;
+            client.run_process(&req).map(|r| r.exit_code).map_err(|e| e.to_string())
+        })
+    };
+    // While it floods: the agent answers another request.
+    std::thread::sleep(Duration::from_secs(5));
+    let answer = in_guest(&c, "flood", "echo still-here", Duration::from_secs(120));
+    assert_eq!(answer.as_deref(), Ok("still-here\n"), "the agent answers during the flood");
+    assert_eq!(flooding.join().expect("flood thread"), Ok(0), "the flood ran to the end");
+    let size = std::fs::metadata(&console).map(|m| m.len()).unwrap_or(0);
+    let text = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(size <= FLOOD_TEST_CAP, "console.log is {size} bytes, over its {FLOOD_TEST_CAP} byte cap");
+    assert!(
+        text.contains("byte cap;") && text.contains("flooding-the-console-3999"),
+        "newest output kept: {text:.300}"
+    );
+    assert_eq!(task_status(&c, "flood").as_deref(), Some("RUNNING"), "the container is unaffected");
+    let _ = c.ctr(&["task", "kill", "-s", "KILL", "flood"]);
+    wait_stopped(&c, "flood", Duration::from_secs(120));
+    let _ = c.ctr(&["task", "delete", "flood"]);
+    let _ = c.ctr(&["container", "delete", "flood"]);
+    let left = wait_clean(&c, "flood", Duration::from_secs(60));
+    assert!(left.is_empty(), "after a console flood: {left:?}");
+}
+
+/// The console cap this test's runtime config sets (`console_limit_bytes`).
+const FLOOD_TEST_CAP: u64 = 64 * 1024;
