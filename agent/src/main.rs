@@ -1,17 +1,21 @@
-//! `kata-like-agent`: the in-guest agent, run as PID 1 (`/init` of the
+//! `kata-like-agent`: the in-guest agent, started as PID 1 (`/init` of the
 //! initramfs) by the kata-like guest kernel.
 //!
-//! As init it mounts the base file systems, writes the boot-timer marker,
-//! serves the agent API over vsock port 1024 and spends its main thread
-//! reaping children and handling power signals.
+//! As init it writes the boot-timer marker, mounts the base file systems
+//! and forks: PID 1 stays behind to end the VM if the agent ever dies
+//! ([`pid1`]); the child, the agent, serves the agent API over vsock port
+//! 1024 and spends its main thread reaping children and handling power
+//! signals. Below, `is_init` means "started as the guest's init".
 //!
 //! `kata-like-agent --listen unix:///path` serves on a Unix socket without
 //! doing any init work, for tests on the host.
 
 mod container;
 mod forward;
+mod host_env;
 mod init;
 mod network;
+mod pid1;
 mod process;
 mod reaper;
 mod sandbox;
@@ -60,6 +64,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if is_init {
+        // First, so the VMM's boot timer measures kernel boot, not our setup.
+        // The console line marks the same moment for VMMs without a boot
+        // timer (the QEMU baseline in docs/benchmarks.md).
+        init::signal_boot_timer();
+        eprintln!("kata-like-agent: init started");
+        init::mount_base();
+        // PID 1 stays behind, supervising; the agent goes on below.
+        pid1::start_agent();
+    }
     // Block the handled signals before any thread exists, so that they all
     // arrive on the signalfd below.
     let signals = match reaper::block_signals() {
@@ -69,14 +83,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if is_init {
-        // First, so the VMM's boot timer measures kernel boot, not our setup.
-        // The console line marks the same moment for VMMs without a boot
-        // timer (the QEMU baseline in docs/benchmarks.md).
-        init::signal_boot_timer();
-        eprintln!("kata-like-agent: init started");
-        init::mount_base();
-    }
     init_logging(is_init);
 
     let reaper = Arc::new(Reaper::new());

@@ -112,8 +112,9 @@ fn take(capture: &Mutex<Capture>) -> Capture {
 /// Runs the request to completion.
 pub fn run(reaper: &Reaper, req: &RunProcessRequest) -> Result<RunProcessResponse, RunError> {
     validate(req)?;
-    let default_env = [format!("PATH={DEFAULT_PATH}"), "HOME=/".to_string()];
-    let env: &[String] = if req.env.is_empty() { &default_env } else { &req.env };
+    let mut env =
+        if req.env.is_empty() { vec![format!("PATH={DEFAULT_PATH}"), "HOME=/".to_string()] } else { req.env.clone() };
+    crate::host_env::add_inherited(&mut env);
     let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
     let program = resolve(&req.args[0], path).ok_or_else(|| RunError::NotFound(req.args[0].clone()))?;
 
@@ -129,6 +130,28 @@ pub fn run(reaper: &Reaper, req: &RunProcessRequest) -> Result<RunProcessRespons
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills its descendants too.
         .process_group(0);
+    // SAFETY: the closure only makes async-signal-safe calls (sigprocmask,
+    // open, write, close) on a static path and a local signal set; it runs
+    // in the child between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            // The agent's threads block the signals its signal loop reads;
+            // with a pre_exec hook std forks instead of posix_spawn and
+            // leaves that mask to the child, whose SIGCHLD would then never
+            // arrive (a shell's `wait` hangs).
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            // Not the agent's -1000: what we run may be chosen by the OOM
+            // killer like any process.
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
     let (mut child, exited) =
         reaper.spawn(&mut command).map_err(|source| RunError::Spawn { program: req.args[0].clone(), source })?;
     let pid = child.id();
@@ -207,6 +230,23 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&resp.stdout), "from stdin\nbar in /tmp\n");
         assert_eq!(resp.stderr, b"oops\n");
         assert!(resp.pid > 0);
+    }
+
+    /// The agent's threads block SIGCHLD and the power signals; what it
+    /// runs must not inherit that (a shell's `wait` would never return).
+    #[test]
+    fn commands_start_with_no_blocked_signals() {
+        let req = request(&["sh", "-c", "(true) & wait; grep -E '^SigBlk' /proc/self/status"]);
+        let resp = std::thread::spawn(move || {
+            let mut blocked = nix::sys::signal::SigSet::empty();
+            blocked.add(nix::sys::signal::Signal::SIGCHLD);
+            blocked.add(nix::sys::signal::Signal::SIGTERM);
+            blocked.thread_block().expect("block");
+            run(shared_for_tests(), &req).expect("runs")
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(String::from_utf8_lossy(&resp.stdout), "SigBlk:\t0000000000000000\n");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The ttrpc AgentService. Every request is validated; failures become ttrpc
 //! status codes, and a panic inside a handler is caught and reported as
-//! INTERNAL instead of taking down PID 1 (which would panic the guest).
+//! INTERNAL instead of taking down the agent (which would end the VM).
 //!
 //! ttrpc's generated handlers give up on a payload that does not decode by
 //! closing the whole connection without an answer; [`methods`] wraps each
@@ -8,7 +8,6 @@
 //! request.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,18 +65,18 @@ fn method_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or_default()
 }
 
-/// Answers INVALID_ARGUMENT to payloads that are not a `T`, and hands the
-/// rest to the generated handler. The payload is decoded twice (here and by
-/// the handler): a copy of at most a few MiB, the price of not patching
-/// ttrpc's server loop.
-struct DecodeChecked<T> {
+/// Answers INVALID_ARGUMENT to payloads that do not decode as the method's
+/// request type, and hands the rest to the generated handler. The payload
+/// is decoded twice (here and by the handler): a copy of at most a few MiB,
+/// the price of not patching ttrpc's server loop.
+struct DecodeChecked {
     inner: Handler,
-    request_type: PhantomData<fn() -> T>,
+    decode: fn(&[u8]) -> Result<(), protobuf::Error>,
 }
 
-impl<T: protobuf::Message> MethodHandler for DecodeChecked<T> {
+impl MethodHandler for DecodeChecked {
     fn handler(&self, ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
-        if let Err(e) = T::parse_from_bytes(&req.payload) {
+        if let Err(e) = (self.decode)(&req.payload) {
             let mut res = ttrpc::Response::new();
             res.status = protobuf::MessageField::some(ttrpc::get_status(
                 Code::INVALID_ARGUMENT,
@@ -89,31 +88,12 @@ impl<T: protobuf::Message> MethodHandler for DecodeChecked<T> {
     }
 }
 
-fn checked<T: protobuf::Message>(inner: Handler) -> Handler {
-    Box::new(DecodeChecked::<T> { inner, request_type: PhantomData })
-}
-
 /// Wraps the generated handler of RPC `name` in its decode check, or gives
-/// it back when `name` is a method this list does not know yet.
+/// it back when `name` is a method the table does not know yet.
 fn decode_checked(name: &str, handler: Handler) -> Result<Handler, Handler> {
-    match name {
-        "Health" => Ok(checked::<HealthRequest>(handler)),
-        "RunProcess" => Ok(checked::<RunProcessRequest>(handler)),
-        "Shutdown" => Ok(checked::<ShutdownRequest>(handler)),
-        "SetupSandbox" => Ok(checked::<SetupSandboxRequest>(handler)),
-        "Restored" => Ok(checked::<RestoredRequest>(handler)),
-        "CreateContainer" => Ok(checked::<CreateContainerRequest>(handler)),
-        "ExecProcess" => Ok(checked::<ExecProcessRequest>(handler)),
-        "SignalProcess" => Ok(checked::<SignalProcessRequest>(handler)),
-        "ResizeTty" => Ok(checked::<ResizeTtyRequest>(handler)),
-        "UpdateContainer" => Ok(checked::<UpdateContainerRequest>(handler)),
-        "StartContainer" | "PauseContainer" | "ResumeContainer" | "ListPids" | "StatsContainer" | "RemoveContainer" => {
-            Ok(checked::<ContainerRequest>(handler))
-        }
-        "WaitProcess" | "CloseStdin" => Ok(checked::<ProcessRequest>(handler)),
-        "GetOomEvent" => Ok(checked::<Empty>(handler)),
-        "ConfigureNetwork" => Ok(checked::<ConfigureNetworkRequest>(handler)),
-        _ => Err(handler),
+    match kata_like_protocol::checks::request_decoder(name) {
+        Some(decode) => Ok(Box::new(DecodeChecked { inner: handler, decode })),
+        None => Err(handler),
     }
 }
 

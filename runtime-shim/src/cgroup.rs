@@ -87,28 +87,45 @@ impl HostCgroup {
     }
 }
 
+/// Removes a cgroup directory once the tasks that just exited have left
+/// it (a busy cgroup is logged and left; a missing one is fine).
+fn remove_cgroup_dir(dir: &Path) {
+    let mut result = std::fs::remove_dir(dir);
+    // Exiting tasks leave the cgroup shortly after they are reaped; a
+    // killed VMM with a large memfd can take seconds to be torn down.
+    for _ in 0..200 {
+        match &result {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                result = std::fs::remove_dir(dir);
+            }
+            _ => break,
+        }
+    }
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove the sandbox cgroup {}: {e}", dir.display()),
+    }
+}
+
+/// Removes the leaf `cgroups_path` names in every hierarchy: the clean-up
+/// after a shim that died without dropping its [`HostCgroup`].
+pub fn remove_leftover(cgroups_path: &str) {
+    let Ok(Some(relative)) = parse(cgroups_path) else { return };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for root in hierarchy_roots(&mountinfo) {
+        remove_cgroup_dir(&root.join(&relative));
+    }
+}
+
 /// Removes the directories this sandbox created, once its processes are
-/// gone (a busy cgroup is logged and left).
+/// gone.
 impl Drop for HostCgroup {
     fn drop(&mut self) {
         self.procs.clear();
         for dir in self.dirs.drain(..).rev() {
-            let mut result = std::fs::remove_dir(&dir);
-            // Exiting tasks leave the cgroup shortly after they are reaped.
-            for _ in 0..50 {
-                match &result {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        result = std::fs::remove_dir(&dir);
-                    }
-                    _ => break,
-                }
-            }
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::warn!("cannot remove the sandbox cgroup {}: {e}", dir.display()),
-            }
+            remove_cgroup_dir(&dir);
         }
     }
 }

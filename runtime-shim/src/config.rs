@@ -61,6 +61,20 @@ pub struct RuntimeConfig {
     pub vm_templates: bool,
     /// Where VM templates are kept (default: `<state_root>/templates`).
     pub template_dir: Option<PathBuf>,
+    /// Jail each VMM once its VM is built: own mount, network, IPC and UTS
+    /// namespaces, a root holding only its own directory, no capabilities,
+    /// running as `jail_uid`/`jail_gid` (docs/security.md). Needs root.
+    pub jail: bool,
+    /// The user a jailed VMM runs as.
+    pub jail_uid: u32,
+    /// The group a jailed VMM runs as.
+    pub jail_gid: u32,
+    /// The VMM's seccomp filters: "trap" (a forbidden system call stops the
+    /// VM, naming the call), "log" (allowed, logged by the kernel) or "off".
+    pub vmm_seccomp: String,
+    /// Size cap of a sandbox's guest console log; past it the log restarts
+    /// with the newest output (a guest must not fill the host's disk).
+    pub console_limit_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -86,6 +100,11 @@ impl Default for RuntimeConfig {
             enable_annotations: Vec::new(),
             vm_templates: false,
             template_dir: None,
+            jail: true,
+            jail_uid: crate::sandbox::DEFAULT_JAIL_ID,
+            jail_gid: crate::sandbox::DEFAULT_JAIL_ID,
+            vmm_seccomp: "trap".into(),
+            console_limit_bytes: kata_like_vmm::devices::serial::DEFAULT_FILE_LIMIT,
         }
     }
 }
@@ -160,7 +179,32 @@ impl RuntimeConfig {
         if self.boot_timeout_secs == 0 || self.rpc_timeout_secs == 0 {
             return Err("boot_timeout_secs and rpc_timeout_secs must be positive".into());
         }
+        if !matches!(self.vmm_seccomp.as_str(), "trap" | "log" | "off") {
+            return Err(format!("vmm_seccomp must be trap, log or off, got {:?}", self.vmm_seccomp));
+        }
+        if self.console_limit_bytes < 4096 {
+            return Err(format!("console_limit_bytes must be at least 4096, got {}", self.console_limit_bytes));
+        }
+        if self.jail && (self.jail_uid == 0 || self.jail_gid == 0) {
+            return Err("jail_uid and jail_gid must not be 0: a jailed VMM runs unprivileged".into());
+        }
         Ok(())
+    }
+
+    /// How sandbox VMMs are confined under this configuration: jailed when
+    /// `jail` is set and we are root (without root there is nothing to
+    /// drop, and the namespaces cannot be made).
+    pub fn confinement(&self) -> crate::sandbox::Confinement {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if self.jail && !root {
+            log::warn!("jail = true needs root; the VMM runs unjailed (seccomp filters still apply)");
+        }
+        crate::sandbox::Confinement {
+            jail: (self.jail && root).then_some((self.jail_uid, self.jail_gid)),
+            seccomp: crate::sandbox::seccomp_override().unwrap_or_else(|| self.vmm_seccomp.clone()),
+            console_limit: Some(self.console_limit_bytes),
+        }
     }
 
     /// The boot timeout.

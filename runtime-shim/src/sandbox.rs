@@ -56,6 +56,127 @@ pub struct VmSpec {
     /// `initrd` (`vcpus`, `memory_mib` and `extra_cmdline` then come from
     /// the snapshot; the devices must match it).
     pub restore_from: Option<PathBuf>,
+    /// How the VMM is confined (jail, seccomp).
+    pub confinement: Confinement,
+}
+
+/// How the VMM process is confined (docs/security.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confinement {
+    /// Jail the VMM as this uid and gid once its VM is built (own mount,
+    /// network, IPC and UTS namespaces, no capabilities); needs root.
+    pub jail: Option<(u32, u32)>,
+    /// The VMM's seccomp mode: trap, log or off.
+    pub seccomp: String,
+    /// Size cap of the console log (the VMM's default when None).
+    pub console_limit: Option<u64>,
+}
+
+/// The user and group a jailed VMM runs as unless configured: a dedicated
+/// id far from those of users, services and user-namespace ranges.
+pub const DEFAULT_JAIL_ID: u32 = 2_147_483_646;
+
+impl Confinement {
+    /// The default: jailed as [`DEFAULT_JAIL_ID`] when we are root (the
+    /// jail needs it), seccomp filters always.
+    pub fn default_for_this_process() -> Confinement {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        Confinement {
+            jail: root.then_some((DEFAULT_JAIL_ID, DEFAULT_JAIL_ID)),
+            seccomp: seccomp_override().unwrap_or_else(|| "trap".into()),
+            console_limit: None,
+        }
+    }
+}
+
+/// `KATA_LIKE_VMM_SECCOMP` (trap, log or off), for finding the system
+/// calls a new VMM code path needs: with `log` the kernel logs each call a
+/// filter would have refused (dmesg, audit type 1326) and the VM goes on.
+/// It overrides the configuration's `vmm_seccomp` too.
+pub fn seccomp_override() -> Option<String> {
+    std::env::var("KATA_LIKE_VMM_SECCOMP").ok().filter(|m| matches!(m.as_str(), "trap" | "log" | "off"))
+}
+
+impl Confinement {}
+
+/// The VMM's own directory in a VM's state directory: the one directory a
+/// jailed VMM can write (vsock and control sockets, console, snapshots),
+/// owned by the jail's user.
+pub fn vmm_dir(state: &Path) -> PathBuf {
+    state.join("vmm")
+}
+
+/// The VM's hybrid vsock socket (the agent is behind it).
+pub fn vsock_path(state: &Path) -> PathBuf {
+    vmm_dir(state).join("vsock.sock")
+}
+
+/// The guest console.
+pub fn console_path(state: &Path) -> PathBuf {
+    vmm_dir(state).join("console.log")
+}
+
+/// Creates the VMM's directory, owned by the jail's user when jailed,
+/// and the empty directory its jail's root is mounted on.
+fn prepare_vmm_dir(state: &Path, jail: Option<(u32, u32)>) -> Result<PathBuf, SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = vmm_dir(state);
+    std::fs::create_dir_all(dir.join("root")).map_err(io_err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("chmod {}", dir.display())))?;
+    if let Some((uid, gid)) = jail {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(io_err(format!("chown {}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
+/// Moves the directory `from` to `to` (a rename, or a copy when they are
+/// on different file systems, keeping files sparse) and makes its files
+/// ours: a snapshot the jailed VMM wrote must not stay writable by the
+/// jail's user.
+fn take_over_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    match std::fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::create_dir_all(to)?;
+            for entry in std::fs::read_dir(from)? {
+                let entry = entry?;
+                copy_sparse(&entry.path(), &to.join(entry.file_name()))?;
+            }
+            std::fs::remove_dir_all(from)?;
+        }
+        other => other?,
+    }
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
+    for entry in std::fs::read_dir(to)? {
+        std::os::unix::fs::chown(entry?.path(), Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Copies a file, leaving holes where the source has all-zero blocks.
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut src = File::open(from)?;
+    let mut dst = File::create(to)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().all(|&b| b == 0) {
+            dst.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            dst.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+    }
+    dst.set_len(len)
 }
 
 /// A virtio-net device for the VM on a tap the caller opened.
@@ -139,6 +260,9 @@ pub enum SandboxError {
         vmm_log: String,
         /// Last lines of the guest console.
         console: String,
+        /// The VMM was killed by a signal or its virtiofsd died: the start
+        /// was interrupted from outside, not failed by what it was given.
+        interrupted: bool,
     },
     /// virtiofsd could not be started.
     #[error("{0}")]
@@ -152,6 +276,14 @@ pub enum SandboxError {
     /// The VMM refused or failed a pause/resume/snapshot request.
     #[error("VMM control request failed: {0}")]
     Control(String),
+}
+
+impl SandboxError {
+    /// Whether a start failed because the VMM was killed or virtiofsd died
+    /// meanwhile, rather than because of what it was given.
+    pub fn interrupted(&self) -> bool {
+        matches!(self, SandboxError::Boot { interrupted: true, .. })
+    }
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -206,6 +338,54 @@ fn stop(child: &mut Child) {
     let _ = crate::child::wait(child);
 }
 
+/// A descriptor for process `pid` that stays valid after the process is
+/// reaped (pidfd_open), so a signal can never hit a recycled PID.
+fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor
+    // or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative result is a fresh descriptor we now own.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Fail-stop: a VM whose virtiofsd died cannot read or write its files
+/// any more (its FUSE requests would hang), so the VMM is killed as well
+/// and the VM's death is what its owner sees (every container's task exits
+/// with 255). A thread waits on both processes and ends with either.
+fn tie_vmm_to_virtiofsd(vmm: u32, virtiofsd: u32) {
+    let (Some(vmm_fd), Some(fsd_fd)) = (pidfd(vmm), pidfd(virtiofsd)) else {
+        log::warn!("pidfd_open failed; a dead virtiofsd will not stop its VM");
+        return;
+    };
+    let spawned = std::thread::Builder::new().name("virtiofsd-watch".into()).spawn(move || {
+        use std::os::fd::AsRawFd;
+        let mut fds = [
+            libc::pollfd { fd: vmm_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: fsd_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        loop {
+            // SAFETY: poll on two valid pollfds we own, no timeout.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[1].revents != 0 && fds[0].revents == 0 {
+            log::error!("virtiofsd (pid {virtiofsd}) exited; stopping its VM (VMM pid {vmm})");
+            // SAFETY: pidfd_send_signal on the VMM's pidfd; a VMM that has
+            // exited meanwhile makes it fail harmlessly (ESRCH).
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, vmm_fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
+            };
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch virtiofsd ({e}); a dead virtiofsd will not stop its VM");
+    }
+}
+
 /// Removes a VM's state directory, unless KATA_LIKE_KEEP_STATE is set: then
 /// the VMM log and guest console stay behind for debugging.
 fn keep_for_debugging(state: tempfile::TempDir) {
@@ -256,8 +436,9 @@ impl SandboxVm {
                 (Some(state), path)
             }
         };
-        let uds = state_path.join("vsock.sock");
-        let console = state_path.join("console.log");
+        let vmm_dir = prepare_vmm_dir(&state_path, spec.confinement.jail)?;
+        let uds = vsock_path(&state_path);
+        let console = console_path(&state_path);
         let vmm_log = state_path.join("vmm.log");
         let log_file = File::create(&vmm_log).map_err(io_err("creating the VMM log"))?;
         let mut virtiofsd = match &spec.shared {
@@ -297,10 +478,22 @@ impl SandboxVm {
             .arg("--serial")
             .arg(&console)
             .arg("--api-sock")
-            .arg(state_path.join(API_SOCKET))
+            .arg(vmm_dir.join(API_SOCKET))
+            .arg("--seccomp")
+            .arg(&spec.confinement.seccomp)
+            .args(spec.confinement.console_limit.map(|limit| format!("--serial-limit={limit}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
+        if let Some((uid, gid)) = spec.confinement.jail {
+            command
+                .arg("--jail")
+                .arg(vmm_dir.join("root"))
+                .arg("--jail-uid")
+                .arg(uid.to_string())
+                .arg("--jail-gid")
+                .arg(gid.to_string());
+        }
         if let Some((_, fs)) = &virtiofsd {
             command.arg("--fs").arg(fs);
         }
@@ -355,9 +548,18 @@ impl SandboxVm {
             None => Ok((client, health)),
             Some(_) => refresh_restored(client, &uds).map(|client| (client, health)),
         });
+        if let Some((fsd, _)) = &virtiofsd {
+            tie_vmm_to_virtiofsd(child.id(), fsd.id());
+        }
         let (client, health) = match ready {
             Ok(ready) => ready,
             Err(e) => {
+                // Killed from outside (a signal), or its virtiofsd gone:
+                // nothing the VM's inputs (a template, say) can be blamed for.
+                use std::os::unix::process::ExitStatusExt;
+                let vmm_killed = matches!(crate::child::try_wait(&mut child), Ok(Some(s)) if s.signal().is_some());
+                let fsd_gone = virtiofsd.as_mut().is_some_and(|(fsd, _)| matches!(crate::child::try_wait(fsd), Ok(Some(_))));
+                let interrupted = vmm_killed || fsd_gone;
                 stop(&mut child);
                 if let Some((mut fsd, _)) = virtiofsd.take() {
                     stop(&mut fsd);
@@ -372,7 +574,7 @@ impl SandboxVm {
                 if let Some(state) = state {
                     keep_for_debugging(state);
                 }
-                return Err(SandboxError::Boot { reason, vmm_log: log, console });
+                return Err(SandboxError::Boot { reason, vmm_log: log, console, interrupted });
             }
         };
         let log = std::fs::read_to_string(&vmm_log).unwrap_or_default();
@@ -446,12 +648,17 @@ impl SandboxVm {
 
     /// The guest console so far.
     pub fn console(&self) -> String {
-        std::fs::read_to_string(self.state_path.join("console.log")).unwrap_or_default()
+        std::fs::read_to_string(console_path(&self.state_path)).unwrap_or_default()
+    }
+
+    /// The VM's vsock socket.
+    pub fn vsock_path(&self) -> PathBuf {
+        vsock_path(&self.state_path)
     }
 
     /// Sends a request to the VMM's control socket.
     fn control(&self, request: &kata_like_vmm::api::Request) -> Result<kata_like_vmm::api::Response, SandboxError> {
-        let socket = self.state_path.join(API_SOCKET);
+        let socket = vmm_dir(&self.state_path).join(API_SOCKET);
         let response = kata_like_vmm::api::call(&socket, request, CONTROL_TIMEOUT)
             .map_err(|e| SandboxError::Control(format!("{}: {e}", socket.display())))?;
         if response.ok {
@@ -464,9 +671,19 @@ impl SandboxVm {
     /// Pauses the VM and writes a snapshot into `dir`; the VM stays paused
     /// until [`SandboxVm::resume`]. Returns (guest RAM bytes, bytes of RAM
     /// data written).
+    ///
+    /// A jailed VMM can only write below its own directory: the snapshot is
+    /// written there and then moved to `dir`, owned by us.
     pub fn snapshot(&self, dir: &Path) -> Result<(u64, u64), SandboxError> {
-        let request = kata_like_vmm::api::Request::Snapshot { path: dir.to_path_buf() };
+        let staging = vmm_dir(&self.state_path).join("snapshot");
+        let _ = std::fs::remove_dir_all(&staging);
+        let request = kata_like_vmm::api::Request::Snapshot { path: staging.clone() };
         let response = self.control(&request)?;
+        take_over_dir(&staging, dir).map_err(io_err(format!(
+            "moving the snapshot {} to {}",
+            staging.display(),
+            dir.display()
+        )))?;
         Ok((response.ram_bytes.unwrap_or(0), response.data_bytes.unwrap_or(0)))
     }
 
@@ -562,9 +779,29 @@ mod tests {
             net: None,
             cgroup: None,
             restore_from: None,
+            confinement: Confinement::default_for_this_process(),
         };
         let err = SandboxVm::start(&spec).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kata-like-vmm"), "{err}");
+    }
+
+    #[test]
+    fn a_moved_snapshot_keeps_its_holes() {
+        use std::io::{Seek, SeekFrom, Write};
+        let dir = tempfile::tempdir().expect("tmp");
+        let from = dir.path().join("memory");
+        let mut file = File::create(&from).expect("create");
+        file.write_all(b"head").expect("write");
+        file.seek(SeekFrom::Start(8 << 20)).expect("seek");
+        file.write_all(b"tail").expect("write");
+        drop(file);
+        let to = dir.path().join("copy");
+        copy_sparse(&from, &to).expect("copy");
+        let (a, b) = (std::fs::read(&from).expect("read"), std::fs::read(&to).expect("read"));
+        assert_eq!(a, b);
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&to).expect("stat").blocks();
+        assert!(blocks < 1024, "{blocks} blocks: the 8 MiB of zeros stayed a hole");
     }
 
     #[test]

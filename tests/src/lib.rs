@@ -94,6 +94,7 @@ impl Artifacts {
             net: None,
             cgroup: None,
             restore_from: None,
+            confinement: kata_like_runtime::sandbox::Confinement::default_for_this_process(),
         }
     }
 }

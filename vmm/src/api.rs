@@ -158,6 +158,7 @@ impl Controller {
 
     /// Pauses and writes a snapshot into `dir`.
     pub fn snapshot(&mut self, dir: &Path) -> Result<snapshot::memory::DumpStats, SnapshotError> {
+        crate::jail::may_write(dir).map_err(SnapshotError::State)?;
         self.pause()?;
         std::fs::create_dir_all(dir).map_err(SnapshotError::io(dir))?;
         let kvm = snapshot::kvm::save_vm(&self.vm)?;
@@ -217,6 +218,13 @@ impl Controller {
     }
 }
 
+/// Parses one request line; the error quotes it and says what is expected.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str::<Request>(line.trim()).map_err(|e| {
+        format!("bad request {:?}: {e} (expected {{\"action\":\"pause|resume|snapshot|status\"}})", line.trim())
+    })
+}
+
 /// The listening control socket on the event loop.
 #[derive(Debug)]
 pub struct ApiServer {
@@ -249,16 +257,9 @@ impl ApiServer {
         let read = BufReader::new(std::io::Read::take(&stream, MAX_REQUEST)).read_line(&mut line);
         let response = match read {
             Err(e) => Response { ok: false, error: Some(format!("reading the request: {e}")), ..Response::default() },
-            Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+            Ok(_) => match parse_request(&line) {
                 Ok(request) => self.controller.handle(request),
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(format!(
-                        "bad request {:?}: {e} (expected {{\"action\":\"pause|resume|snapshot|status\"}})",
-                        line.trim()
-                    )),
-                    ..Response::default()
-                },
+                Err(error) => Response { ok: false, error: Some(error), ..Response::default() },
             },
         };
         reply(&stream, &response);

@@ -46,6 +46,10 @@ pub struct VmmOptions {
     pub profile_rip: Option<(PathBuf, std::time::Duration)>,
     /// Serve pause/resume/snapshot requests on this Unix socket.
     pub api_sock: Option<PathBuf>,
+    /// The jail to enter once the VM is built ([`crate::jail`]).
+    pub jail: Option<crate::jail::JailConfig>,
+    /// The seccomp filters of the VMM's threads.
+    pub seccomp: crate::jail::seccomp::SeccompMode,
 }
 
 /// What a restore replaces in the snapshot's configuration: the host ends
@@ -60,6 +64,8 @@ pub struct RestoreOverrides {
     pub net: Vec<crate::config::NetConfig>,
     /// The console.
     pub serial: Option<crate::devices::serial::SerialOutput>,
+    /// The console file's size cap.
+    pub serial_limit: Option<u64>,
 }
 
 impl RestoreOverrides {
@@ -88,6 +94,9 @@ impl RestoreOverrides {
         config.net = self.net.clone();
         if let Some(serial) = &self.serial {
             config.serial = serial.clone();
+        }
+        if let Some(limit) = self.serial_limit {
+            config.serial_limit_bytes = limit;
         }
         Ok(config)
     }
@@ -334,7 +343,7 @@ impl Vmm {
 
         let serial_irq = eventfd("serial eventfd")?;
         vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD for COM1"))?;
-        let out = serial::open_output(&config.serial)
+        let out = serial::open_output(&config.serial, config.serial_limit_bytes)
             .map_err(|source| BuildError::Serial { path: format!("{:?}", config.serial), source })?;
         let serial_irq = EventFdTrigger::new(serial_irq);
         let serial = match &restore {
@@ -522,5 +531,18 @@ fn hide_unapplied_cpuid(
     );
     let list: Vec<String> = bits.iter().map(u32::to_string).collect();
     cmdline.insert("clearcpuid", &list.join(",")).map_err(boot::BootError::Cmdline)?;
+    let xcr0 = crate::arch::x86_64::cpuid::host_xcr0();
+    if crate::arch::x86_64::cpuid::user_vector_state_unprotected(&bits, xcr0) {
+        // The kernel hands unknown `KEY=value` parameters to init as its
+        // environment; the agent passes this one on to what it runs.
+        tracing::warn!(
+            host_xcr0 = format_args!("{xcr0:#x}"),
+            "guest user space sees AVX state its kernel cannot switch (no CPUID faulting on this host); \
+             keeping glibc off it with GLIBC_TUNABLES"
+        );
+        cmdline
+            .insert_str(format!("GLIBC_TUNABLES={}", crate::arch::x86_64::cpuid::GLIBC_NO_AVX_TUNABLES))
+            .map_err(boot::BootError::Cmdline)?;
+    }
     Ok(())
 }

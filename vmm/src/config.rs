@@ -129,6 +129,10 @@ fn default_cid() -> u64 {
     DEFAULT_GUEST_CID
 }
 
+fn default_serial_limit() -> u64 {
+    crate::devices::serial::DEFAULT_FILE_LIMIT
+}
+
 fn default_cmdline() -> String {
     DEFAULT_CMDLINE.to_string()
 }
@@ -174,6 +178,10 @@ pub struct VmConfig {
     /// Where the guest console goes: `stdout`, `null` or a file path.
     #[serde(default)]
     pub serial: SerialOutput,
+    /// Size cap of a console file: past it the file restarts with the
+    /// newest output (a guest must not fill the host's disk).
+    #[serde(default = "default_serial_limit")]
+    pub serial_limit_bytes: u64,
 }
 
 /// A configuration that cannot be used.
@@ -214,6 +222,7 @@ impl VmConfig {
             net: Vec::new(),
             cpu_template: CpuTemplate::default(),
             serial: SerialOutput::default(),
+            serial_limit_bytes: default_serial_limit(),
         }
     }
 

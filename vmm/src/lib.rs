@@ -16,6 +16,8 @@ pub mod clock;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod fuzz;
+pub mod jail;
 pub mod memory;
 pub mod pause;
 pub mod profiler;

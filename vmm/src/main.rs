@@ -2,7 +2,9 @@
 //!
 //! Exit status: 0 when the guest powers off or reboots, 1 on a VM failure
 //! (the reason is logged: emulation failure with RIP and code bytes, triple
-//! fault, ...), 2 on bad configuration, 128+N when stopped by signal N.
+//! fault, ...), 2 on bad configuration (or a jail that cannot be entered),
+//! 128+N when stopped by signal N, 159 (128+SIGSYS) when a thread made a
+//! system call its seccomp filter forbids (logged with its number).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use clap::Parser;
 use kata_like_vmm::arch::x86_64::cpuid::{self, CpuTemplate};
 use kata_like_vmm::builder::RestoreOverrides;
 use kata_like_vmm::devices::serial::SerialOutput;
+use kata_like_vmm::jail::JailConfig;
 use kata_like_vmm::{clock, VmConfig, Vmm, VmmOptions, VsockConfig};
 
 #[derive(Debug, Parser)]
@@ -74,6 +77,31 @@ struct Cli {
     /// (same count), --serial.
     #[arg(long, conflicts_with_all = ["config", "kernel", "initrd", "cmdline", "append", "vcpus", "memory_mib", "cpu_template", "guest_cid"])]
     restore: Option<PathBuf>,
+    /// Once the VM is built, enter a jail (own mount, network, IPC and UTS
+    /// namespaces, a root holding only what the VMM still needs, no
+    /// capabilities) whose root is mounted on this empty directory. Needs
+    /// root; see --jail-uid and --jail-gid.
+    #[arg(long, requires_all = ["jail_uid", "jail_gid"])]
+    jail: Option<PathBuf>,
+    /// The user the jailed VMM runs as.
+    #[arg(long, requires = "jail")]
+    jail_uid: Option<u32>,
+    /// The group the jailed VMM runs as.
+    #[arg(long, requires = "jail")]
+    jail_gid: Option<u32>,
+    /// seccomp filters per VMM thread: trap (a forbidden system call stops
+    /// the VM with a message naming it), log (allow and have the kernel log
+    /// it) or off.
+    #[arg(long, default_value = "trap")]
+    seccomp: kata_like_vmm::jail::seccomp::SeccompMode,
+    /// Size cap of the console file in bytes (past it the file restarts
+    /// with the newest output).
+    #[arg(long)]
+    serial_limit: Option<u64>,
+    /// Print the system calls each VMM thread's seccomp filter allows and
+    /// exit.
+    #[arg(long)]
+    print_seccomp: bool,
     /// Print the CPUID vCPU 0 would get and exit.
     #[arg(long)]
     print_cpuid: bool,
@@ -118,6 +146,9 @@ impl Cli {
         if let Some(serial) = &self.serial {
             config.serial = serial.clone();
         }
+        if let Some(limit) = self.serial_limit {
+            config.serial_limit_bytes = limit;
+        }
         Ok(config)
     }
 }
@@ -142,6 +173,16 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
 
+    if cli.print_seccomp {
+        use kata_like_vmm::jail::seccomp::{describe, ThreadKind};
+        for (kind, thread) in
+            [(ThreadKind::Vmm, "vmm"), (ThreadKind::Vcpu, "vcpu<N>"), (ThreadKind::Sampler, "rip-sampler")]
+        {
+            let calls = describe(kind);
+            println!("{thread}: {} system calls: {}", calls.len(), calls.join(", "));
+        }
+        return ExitCode::SUCCESS;
+    }
     if cli.print_cpuid {
         return match print_cpuid(cli.cpu_template.unwrap_or_default()) {
             Ok(()) => ExitCode::SUCCESS,
@@ -155,6 +196,11 @@ fn main() -> ExitCode {
     let options = VmmOptions {
         profile_rip: cli.profile_rip.clone().map(|p| (p, Duration::from_micros(cli.profile_interval_us.max(100)))),
         api_sock: cli.api_sock.clone(),
+        jail: match (&cli.jail, cli.jail_uid, cli.jail_gid) {
+            (Some(root), Some(uid), Some(gid)) => Some(JailConfig { root: root.clone(), uid, gid }),
+            _ => None,
+        },
+        seccomp: cli.seccomp,
     };
     let built = match &cli.restore {
         Some(dir) => {
@@ -163,6 +209,7 @@ fn main() -> ExitCode {
                 fs: cli.fs.clone(),
                 net: cli.net.clone(),
                 serial: cli.serial.clone(),
+                serial_limit: cli.serial_limit,
             };
             Vmm::restore(dir, &overrides, options)
         }
@@ -181,6 +228,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = vmm.enter_jail() {
+        eprintln!("kata-like-vmm: error: {e}");
+        return ExitCode::from(2);
+    }
     let reason = vmm.run();
     if let kata_like_vmm::ExitReason::Fatal(why) = &reason {
         eprintln!("kata-like-vmm: error: {why}");

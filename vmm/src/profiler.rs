@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::clock;
 use crate::exit::ExitSignal;
+use crate::jail::seccomp::{SeccompMode, ThreadKind};
 use crate::symbols::KernelSymbols;
 
 /// One RIP sample.
@@ -53,9 +54,13 @@ impl RipSampler {
     }
 
     /// Starts the thread that kicks the vCPUs until the VM exits.
-    pub fn start(self: &Arc<Self>, exit: Arc<ExitSignal>) -> io::Result<()> {
+    pub fn start(self: &Arc<Self>, exit: Arc<ExitSignal>, seccomp: SeccompMode) -> io::Result<()> {
         let sampler = self.clone();
         std::thread::Builder::new().name("rip-sampler".into()).spawn(move || {
+            if let Err(e) = crate::jail::seccomp::install(ThreadKind::Sampler, seccomp) {
+                tracing::warn!(error = %e, "RIP sampler not started");
+                return;
+            }
             while exit.reason().is_none() {
                 std::thread::sleep(sampler.interval);
                 let threads = sampler.threads.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();

@@ -14,6 +14,7 @@ use crate::arch::x86_64::{cpuid, regs};
 use crate::clock;
 use crate::devices::Bus;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::jail::seccomp::{SeccompMode, ThreadKind};
 use crate::pause::PauseGate;
 use crate::profiler::RipSampler;
 use crate::snapshot::{self, SnapshotError, VcpuState};
@@ -148,12 +149,18 @@ impl Vcpu {
         })
     }
 
-    /// Runs the vCPU on a new thread named `vcpu<N>`.
-    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name(format!("vcpu{}", self.index)).spawn(move || self.run())
+    /// Runs the vCPU on a new thread named `vcpu<N>`, under the vCPU
+    /// seccomp filter.
+    pub fn spawn(self, seccomp: SeccompMode) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name(format!("vcpu{}", self.index)).spawn(move || self.run(seccomp))
     }
 
-    fn run(mut self) {
+    fn run(mut self, seccomp: SeccompMode) {
+        // Before the first KVM_RUN: everything after it is guest-driven.
+        if let Err(e) = crate::jail::seccomp::install(ThreadKind::Vcpu, seccomp) {
+            self.exit.request(ExitReason::Fatal(format!("vCPU {}: {e}", self.index)));
+            return;
+        }
         if let Some(sampler) = &self.sampler {
             sampler.register_current_thread();
         }

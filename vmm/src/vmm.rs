@@ -23,6 +23,8 @@ use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::jail::seccomp::{self, SeccompMode, ThreadKind};
+use crate::jail::{JailContents, JailError};
 use crate::profiler::RipSampler;
 use crate::symbols::KernelSymbols;
 use crate::vcpu::Vcpu;
@@ -33,6 +35,12 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHU
 const SOURCE_EXIT: u32 = 0;
 const SOURCE_RESET: u32 = 1;
 const SOURCE_SIGNAL: u32 = 2;
+
+/// `path` made absolute against the current directory (the jail binds
+/// host paths at the same place).
+fn absolute(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
 
 /// Event-loop subscriber for the VM's life cycle: vCPU exits, the guest's
 /// i8042 reset and host termination signals.
@@ -144,18 +152,28 @@ impl Vmm {
     /// Runs the VM until it ends and returns why. The vCPU threads are left
     /// running: the caller is expected to exit the process.
     pub fn run(mut self) -> ExitReason {
+        let seccomp = self.options.seccomp;
         if let Err(e) = crate::pause::install_kick_handler() {
             self.exit.request(ExitReason::Fatal(format!("cannot install the vCPU kick signal handler: {e}")));
         }
+        if seccomp != SeccompMode::Off {
+            if let Err(e) = seccomp::install_sigsys_handler() {
+                self.exit.request(ExitReason::Fatal(e.to_string()));
+            }
+        }
         for vcpu in std::mem::take(&mut self.vcpus) {
-            if let Err(e) = vcpu.spawn() {
+            if let Err(e) = vcpu.spawn(seccomp) {
                 self.exit.request(ExitReason::Fatal(format!("cannot start a vCPU thread: {e}")));
             }
         }
         if let Some(sampler) = &self.sampler {
-            if let Err(e) = sampler.start(self.exit.clone()) {
+            if let Err(e) = sampler.start(self.exit.clone(), seccomp) {
                 tracing::warn!(error = %e, "cannot start the RIP sampler");
             }
+        }
+        // Last: from here this thread creates no more threads.
+        if let Err(e) = seccomp::install(ThreadKind::Vmm, seccomp) {
+            self.exit.request(ExitReason::Fatal(e.to_string()));
         }
         let reason = loop {
             if let Some(reason) = self.exit.reason() {
@@ -167,6 +185,47 @@ impl Vmm {
         };
         self.finish(&reason);
         reason
+    }
+
+    /// What the jail must hold for the VM to go on running: the
+    /// directories of the sockets the VMM serves (it removes them on exit;
+    /// guest-initiated vsock connections go to `<uds>_<port>` beside the
+    /// vsock socket) and of the RIP profile, writable; the kernel's
+    /// System.map, read-only, for fault reports. Snapshots can only be
+    /// written into those writable directories.
+    pub fn jail_contents(&self) -> JailContents {
+        let mut contents = JailContents::default();
+        let parents = [
+            self.config.vsock.as_ref().map(|v| v.uds_path.as_path()),
+            self.options.api_sock.as_deref(),
+            self.options.profile_rip.as_ref().map(|(path, _)| path.as_path()),
+        ];
+        for path in parents.into_iter().flatten() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                contents.writable(absolute(dir));
+            }
+        }
+        if let Some(map) = self.config.kernel.parent().map(|d| d.join("System.map")).filter(|m| m.exists()) {
+            contents.read_only(absolute(&map));
+        }
+        contents
+    }
+
+    /// Enters the jail configured in the options, if any. Must be called
+    /// before [`Vmm::run`] (which starts the vCPU threads).
+    pub fn enter_jail(&self) -> Result<(), JailError> {
+        let Some(config) = &self.options.jail else { return Ok(()) };
+        let contents = self.jail_contents();
+        crate::jail::enter(config, &contents)?;
+        tracing::info!(
+            uid = config.uid,
+            gid = config.gid,
+            writable = ?contents.writable,
+            read_only = ?contents.read_only,
+            "jailed: own mount, network, IPC and UTS namespaces, no capabilities"
+        );
+        crate::jail::set_entered(contents);
+        Ok(())
     }
 
     fn finish(&self, reason: &ExitReason) {

@@ -4,9 +4,12 @@
 //! * [`agent`], [`agent_ttrpc`]: messages and ttrpc stubs generated from
 //!   `protos/agent.proto`.
 //! * [`hybrid_vsock`]: the host side of Firecracker's hybrid vsock handshake.
+//! * [`checks`]: what the agent accepts (OCI specs, request payloads),
+//!   checked the same way by the host before it asks and by the agent.
 //! * [`AgentClient`]: a blocking client over hybrid vsock.
 //! * Constants of the guest ABI that the VMM, the agent and the host agree on.
 
+pub mod checks;
 mod client;
 pub mod hybrid_vsock;
 

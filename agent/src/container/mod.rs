@@ -260,7 +260,7 @@ impl Containers {
         if lock(&self.map).contains_key(id) {
             return Err(Exists(format!("container {id:?} already exists")));
         }
-        let spec: Spec = serde_json::from_slice(spec_json).map_err(|e| Invalid(format!("invalid OCI spec: {e}")))?;
+        let spec: Spec = kata_like_protocol::checks::oci_spec(spec_json).map_err(Invalid)?;
         let rootfs = self.rootfs(rootfs)?;
         let cgroup = Cgroup::create(&self.cgroup_root, id).map_err(Failed)?;
         let result = self.create_in(id, &spec, rootfs, cgroup.clone(), stdio);
@@ -351,8 +351,7 @@ impl Containers {
         if lock(&c.execs).contains_key(exec_id) {
             return Err(Exists(format!("exec {exec_id:?} already exists in container {id}")));
         }
-        let process: OciProcess =
-            serde_json::from_slice(process_json).map_err(|e| Invalid(format!("invalid OCI process: {e}")))?;
+        let process: OciProcess = kata_like_protocol::checks::oci_process(process_json).map_err(Invalid)?;
         let procs = open_procs(&c.cgroup)?;
         let (fds, tty) = self.stdio(id, exec_id, stdio)?;
         let plan = plan::exec_plan(&process, c.init.pid(), &c.rootfs, &fds, procs).map_err(Invalid)?;

@@ -199,6 +199,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         net: None,
         cgroup: None,
         restore_from: None,
+        confinement: kata_like_runtime::sandbox::Confinement::default_for_this_process(),
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {

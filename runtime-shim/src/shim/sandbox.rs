@@ -71,6 +71,8 @@ fn state_dir_name(id: &str) -> String {
 
 /// A marker file so `delete_shim` knows which state directory is ours.
 const STATE_LINK: &str = "kata-like-state";
+/// In the state directory: the sandbox's host cgroup (its `cgroupsPath`).
+const CGROUP_NOTE: &str = "cgroups-path";
 
 fn random_bytes(n: usize) -> Vec<u8> {
     crate::sandbox::host_entropy(n).unwrap_or_else(|e| {
@@ -104,6 +106,7 @@ pub fn vm_spec(config: &RuntimeConfig, vcpus: u8, memory_mib: u32, state_dir: Pa
         net: None,
         cgroup: None,
         restore_from: None,
+        confinement: config.confinement(),
     }
 }
 
@@ -138,7 +141,15 @@ impl Sandbox {
         let slots_dir = opts.boot_slots.unwrap_or_else(|| config.state_root.join(crate::boot_slots::DIR));
         let slot = crate::boot_slots::acquire(&slots_dir, config.max_concurrent_boots(), config.boot_queue_timeout())
             .map_err(|e| e.to_string())?;
-        let cgroup = crate::cgroup::HostCgroup::create(&opts.cgroups_path)?.map(std::sync::Arc::new);
+        // Every sandbox gets a host cgroup: the spec's, else one of ours
+        // (`ctr run` and runc-style bundles may name none).
+        let cgroups_path = match opts.cgroups_path.as_str() {
+            "" => format!("/kata-like/{}", state.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()),
+            named => named.to_string(),
+        };
+        let cgroup = crate::cgroup::HostCgroup::create(&cgroups_path)?.map(std::sync::Arc::new);
+        // For the clean-up after a shim that dies (cleanup_after_crash).
+        let _ = std::fs::write(state.join(CGROUP_NOTE), &cgroups_path);
         let vcpus = opts.vcpus.unwrap_or(config.vcpus);
         let memory_mib = opts.memory_mib.unwrap_or(config.memory_mib);
         let mut spec = vm_spec(config, vcpus, memory_mib, state.clone(), shared.clone());
@@ -159,17 +170,19 @@ impl Sandbox {
                 }
                 vm
             }
-            (Err(e), Some(dir)) => {
+            (Err(e), Some(dir)) if !e.interrupted() => {
                 // Cold boot is always correct: the template may be corrupt
-                // or from another VMM build the key did not catch.
-                log::warn!("restoring template {} failed ({e}); booting cold", dir.display());
+                // or from another VMM build the key did not catch. (A VMM
+                // killed during the restore says nothing about the
+                // template: that error goes to the caller.)
+                log::warn!("restoring template {} failed ({e}); discarding it and booting cold", dir.display());
                 crate::template::discard(&dir);
                 SandboxVm::start(&spec).map_err(|e| e.to_string())?
             }
-            (Err(e), None) => return Err(e.to_string()),
+            (Err(e), _) => return Err(e.to_string()),
         };
         let booted_us = begin.elapsed().as_micros() as u64;
-        let uds = vm.state_dir().join("vsock.sock");
+        let uds = vm.vsock_path();
         // The connection the boot check made, with the configured bound.
         let client = vm.agent().with_rpc_timeout(config.rpc_timeout());
         let mut req = opts.setup;
@@ -290,7 +303,7 @@ impl Sandbox {
 
     /// The last lines of the guest console (for error reports).
     pub fn console_tail(&self) -> String {
-        crate::sandbox::tail(&self.state.join("console.log"), 10)
+        crate::sandbox::tail(&crate::sandbox::console_path(&self.state), 10)
     }
 
     /// Stops the VM and removes all host state of the sandbox.
@@ -317,6 +330,11 @@ pub fn cleanup_after_crash(id: &str, bundle: &Path) {
     if let Ok(state) = std::fs::read_to_string(bundle.join(STATE_LINK)) {
         let state = PathBuf::from(state.trim());
         rootfs::remove_dir_mounts(&state.join("shared"));
+        // The VMM and virtiofsd died with the shim (PDEATHSIG): their
+        // cgroup is empty, or about to be.
+        if let Ok(path) = std::fs::read_to_string(state.join(CGROUP_NOTE)) {
+            crate::cgroup::remove_leftover(&path);
+        }
         rootfs::remove_tree(&state);
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
@@ -356,6 +374,10 @@ pub fn guest_spec(raw: &[u8]) -> Result<(serde_json::Value, String), String> {
             }
         }
     }
+    // Everything the agent would refuse in what it gets, refused here:
+    // before a VM boots or anything is mounted for it.
+    let adapted = serde_json::to_vec(&spec).map_err(|e| format!("config.json: {e}"))?;
+    kata_like_protocol::checks::oci_spec(&adapted).map_err(|e| format!("config.json: {e}"))?;
     Ok((spec, root))
 }
 

@@ -374,7 +374,7 @@ pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), S
         return Err(StandaloneError::NotRunning(id.into()));
     }
     let config = RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
-    let uds = root.vm_dir(id).join("vsock.sock");
+    let uds = crate::sandbox::vsock_path(&root.vm_dir(id));
     let client = AgentClient::connect(&uds, config.rpc_timeout())
         .map_err(|e| StandaloneError::Failed(format!("cannot reach the agent of {id}: {e}")))?;
     client

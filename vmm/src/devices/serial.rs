@@ -52,18 +52,65 @@ impl<'de> serde::Deserialize<'de> for SerialOutput {
     }
 }
 
+/// Default size cap of a console file.
+pub const DEFAULT_FILE_LIMIT: u64 = 8 << 20;
+
 /// Opens the console sink. Files are opened for append so that several boots
-/// can share a log.
-pub fn open_output(output: &SerialOutput) -> io::Result<Box<dyn Write + Send>> {
+/// can share a log, and never grow beyond `file_limit` bytes
+/// ([`CappedFile`]): the guest controls what it prints, and a guest that
+/// floods its console must not fill the host's disk.
+pub fn open_output(output: &SerialOutput, file_limit: u64) -> io::Result<Box<dyn Write + Send>> {
     Ok(match output {
         SerialOutput::Stdout => Box::new(io::stdout()),
         SerialOutput::Null => Box::new(io::sink()),
-        SerialOutput::File(path) => Box::new(LineWriter::new(open_append(path)?)),
+        SerialOutput::File(path) => Box::new(LineWriter::new(CappedFile::open(path, file_limit)?)),
     })
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+/// An append-only console file that keeps the newest output within a size
+/// cap: a write that would take it past the cap first empties the file and
+/// starts it again with a line saying how much was dropped. The newest
+/// output (a panic message, the agent's last words) is what matters for
+/// debugging, so that is what survives a flood.
+#[derive(Debug)]
+pub struct CappedFile {
+    file: File,
+    size: u64,
+    limit: u64,
+    dropped: u64,
+}
+
+impl CappedFile {
+    /// Opens (creates) `path` for append with a cap of `limit` bytes.
+    pub fn open(path: &Path, limit: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(CappedFile { file, size, limit: limit.max(4096), dropped: 0 })
+    }
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let buf = &buf[..buf.len().min(self.limit as usize / 2)];
+        if self.size + buf.len() as u64 > self.limit {
+            // O_APPEND: the next write lands at the new end, offset 0.
+            self.file.set_len(0)?;
+            self.dropped += self.size;
+            let note = format!(
+                "[kata-like-vmm: the console log reached its {} byte cap; {} bytes of older output were dropped]\n",
+                self.limit, self.dropped
+            );
+            self.file.write_all(note.as_bytes())?;
+            self.size = note.len() as u64;
+        }
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// The UART's registers in a snapshot: DLL, DLM, IER, IIR, LCR, LSR, MCR,
@@ -206,6 +253,27 @@ mod tests {
         assert_eq!(back.snapshot(), snap);
         let bad = SerialSnapshot { in_buffer: vec![0; 1000], ..snap };
         assert!(SerialDevice::from_snapshot(irq(), Box::new(io::sink()), &bad).is_err());
+    }
+
+    #[test]
+    fn a_flooded_console_file_keeps_its_newest_output_within_the_cap() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, "previous boot\n").expect("seed");
+        let mut out = CappedFile::open(&path, 4096).expect("open");
+        for i in 0..2000 {
+            writeln!(out, "flood line {i:05}").expect("write");
+        }
+        out.flush().expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.len() <= 4096, "{} bytes", text.len());
+        assert!(text.starts_with("[kata-like-vmm: the console log reached its 4096 byte cap;"), "{text}");
+        assert!(text.ends_with("flood line 01999\n"), "newest output kept");
+        assert!(!text.contains("previous boot"));
+        // One write larger than the cap is cut, not refused.
+        let mut out = CappedFile::open(&path, 4096).expect("open");
+        assert_eq!(out.write(&[b'x'; 10_000]).expect("write"), 2048);
+        assert!(std::fs::metadata(&path).expect("stat").len() <= 4096);
     }
 
     #[test]

@@ -197,6 +197,39 @@ pub fn hidden_but_visible(wanted: &CpuId, effective: &CpuId) -> Vec<u32> {
     bits
 }
 
+/// Linux's capability number of XSAVE (leaf 1 ECX bit 26, word 4).
+const CAP_XSAVE: u32 = 4 * 32 + 26;
+
+/// glibc's settings that keep its string and memory functions off AVX
+/// state, for [`user_vector_state_unprotected`] guests.
+pub const GLIBC_NO_AVX_TUNABLES: &str =
+    "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_VNNI";
+
+/// The host's XCR0 (enabled XSAVE state components), 0 without OSXSAVE.
+pub fn host_xcr0() -> u64 {
+    let leaf1 = std::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 27) == 0 {
+        return 0;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV(0) is valid when CR4.OSXSAVE is set, which CPUID
+    // leaf 1 ECX bit 27 reports; it only reads XCR0.
+    unsafe { std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Whether guest user space can use vector state its kernel does not save
+/// across task switches: XSAVE is hidden from the guest kernel (it switches
+/// tasks with FXSAVE: x87 and SSE only), yet KVM left XSAVE visible, and
+/// the host has AVX-class state enabled. Seen on nested PVM hosts on AMD,
+/// where guest user code runs natively under the host's XCR0 and reads the
+/// host's CPUID (no CPUID faulting): glibc then picks AVX-512 string
+/// functions whose registers other tasks clobber, and programs crash at
+/// random under concurrency.
+pub fn user_vector_state_unprotected(hidden_bits: &[u32], host_xcr0: u64) -> bool {
+    hidden_bits.contains(&CAP_XSAVE) && host_xcr0 & !0b11 != 0
+}
+
 /// Renders a CPUID table, one entry per line (for `--print-cpuid`).
 pub fn render(cpuid: &CpuId) -> String {
     cpuid
@@ -243,6 +276,13 @@ mod tests {
 
     fn find(cpuid: &CpuId, function: u32) -> kvm_cpuid_entry2 {
         *cpuid.as_slice().iter().find(|e| e.function == function).expect("leaf present")
+    }
+
+    #[test]
+    fn unswitched_vector_state_needs_xsave_hidden_and_avx_on_the_host() {
+        assert!(user_vector_state_unprotected(&[12, CAP_XSAVE], 0xe7));
+        assert!(!user_vector_state_unprotected(&[12, CAP_XSAVE], 0b11), "x87 and SSE only: FXSAVE covers it");
+        assert!(!user_vector_state_unprotected(&[12], 0xe7), "KVM hid XSAVE itself (CPUID faulting)");
     }
 
     #[test]

@@ -20,30 +20,30 @@ const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0;
 
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
-const REG_QUEUE_NOTIFY: u64 = 0x050;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_AVAIL_LOW: u64 = 0x090;
-const REG_QUEUE_AVAIL_HIGH: u64 = 0x094;
-const REG_QUEUE_USED_LOW: u64 = 0x0a0;
-const REG_QUEUE_USED_HIGH: u64 = 0x0a4;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG_SPACE: u64 = 0x100;
+pub(crate) const REG_MAGIC: u64 = 0x000;
+pub(crate) const REG_VERSION: u64 = 0x004;
+pub(crate) const REG_DEVICE_ID: u64 = 0x008;
+pub(crate) const REG_VENDOR_ID: u64 = 0x00c;
+pub(crate) const REG_DEVICE_FEATURES: u64 = 0x010;
+pub(crate) const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub(crate) const REG_DRIVER_FEATURES: u64 = 0x020;
+pub(crate) const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+pub(crate) const REG_QUEUE_SEL: u64 = 0x030;
+pub(crate) const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub(crate) const REG_QUEUE_NUM: u64 = 0x038;
+pub(crate) const REG_QUEUE_READY: u64 = 0x044;
+pub(crate) const REG_QUEUE_NOTIFY: u64 = 0x050;
+pub(crate) const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub(crate) const REG_INTERRUPT_ACK: u64 = 0x064;
+pub(crate) const REG_STATUS: u64 = 0x070;
+pub(crate) const REG_QUEUE_DESC_LOW: u64 = 0x080;
+pub(crate) const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub(crate) const REG_QUEUE_AVAIL_LOW: u64 = 0x090;
+pub(crate) const REG_QUEUE_AVAIL_HIGH: u64 = 0x094;
+pub(crate) const REG_QUEUE_USED_LOW: u64 = 0x0a0;
+pub(crate) const REG_QUEUE_USED_HIGH: u64 = 0x0a4;
+pub(crate) const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub(crate) const CONFIG_SPACE: u64 = 0x100;
 
 /// Offset of QueueNotify, where the VMM registers the queue ioeventfds.
 pub const QUEUE_NOTIFY_OFFSET: u64 = REG_QUEUE_NOTIFY;
@@ -81,6 +81,7 @@ pub struct MmioTransport {
     status: u32,
     activated: bool,
     config_generation: u32,
+    log_budget: super::GuestLogBudget,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -122,6 +123,7 @@ impl MmioTransport {
             status: 0,
             activated: false,
             config_generation: 0,
+            log_budget: super::GuestLogBudget::default(),
         }
     }
 
@@ -154,7 +156,9 @@ impl MmioTransport {
     }
 
     fn fail(&mut self, reason: &str) {
-        tracing::warn!(device_type = self.device_type, reason, "virtio device needs reset");
+        if self.log_budget.allow() {
+            tracing::warn!(device_type = self.device_type, reason, "virtio device needs reset");
+        }
         self.status |= status::DEVICE_NEEDS_RESET;
         if let Err(e) = self.interrupt.trigger(INT_CONFIG) {
             tracing::error!(error = %e, "cannot raise the config interrupt");

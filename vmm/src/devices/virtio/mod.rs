@@ -157,6 +157,29 @@ pub trait Counters {
     }
 }
 
+/// How many log lines a guest can make a device write about its own
+/// misbehaviour: past that they are counted, not logged. The guest decides
+/// how often it misbehaves, and the VMM log is a file on the host.
+#[derive(Debug, Default)]
+pub struct GuestLogBudget {
+    used: AtomicU32,
+}
+
+impl GuestLogBudget {
+    /// Lines logged before the budget is spent.
+    pub const LINES: u32 = 16;
+
+    /// Whether to log this event; the last allowed one says that further
+    /// ones are suppressed.
+    pub fn allow(&self) -> bool {
+        let n = self.used.fetch_add(1, Ordering::Relaxed);
+        if n + 1 == Self::LINES {
+            tracing::warn!("further guest-caused warnings of this device are not logged");
+        }
+        n < Self::LINES
+    }
+}
+
 /// Copies `src[offset..]` into `data` for a config-space read, leaving bytes
 /// beyond the end of `src` as 0 (out-of-range reads are not errors).
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
@@ -180,6 +203,13 @@ mod tests {
         assert_eq!(data, [3, 4, 0, 0]);
         read_config_bytes(&cfg, 100, &mut data);
         assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn a_guest_can_only_fill_the_log_so_far() {
+        let budget = GuestLogBudget::default();
+        let logged = (0..1000).filter(|_| budget.allow()).count();
+        assert_eq!(logged, GuestLogBudget::LINES as usize);
     }
 
     #[test]

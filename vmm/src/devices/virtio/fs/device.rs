@@ -76,6 +76,7 @@ pub struct Fs {
     /// What the rings were started with (memory, queues, features) while
     /// the device is active; kept to restart them after a snapshot.
     started: Option<ActivateContext>,
+    log_budget: crate::devices::virtio::GuestLogBudget,
 }
 
 impl std::fmt::Debug for Fs {
@@ -87,6 +88,24 @@ impl std::fmt::Debug for Fs {
 impl Fs {
     /// Connects to virtiofsd on `socket` and exposes its export as `tag`.
     pub fn new(tag: &str, socket: &Path, interrupt: Arc<IrqTrigger>) -> Result<Fs, FsError> {
+        let frontend = Frontend::connect(socket, NUM_QUEUES as u64).map_err(|source| FsError::Backend {
+            socket: socket.to_path_buf(),
+            step: "connect to",
+            source,
+        })?;
+        Self::with_frontend(tag, socket, frontend, interrupt)
+    }
+
+    /// The handshake with an already connected vhost-user backend
+    /// (`socket` names it in errors). What the backend answers is checked
+    /// like anything else from outside the VMM: the fuzz target
+    /// `fs_vhost_user` answers with arbitrary bytes.
+    pub fn with_frontend(
+        tag: &str,
+        socket: &Path,
+        mut frontend: Frontend,
+        interrupt: Arc<IrqTrigger>,
+    ) -> Result<Fs, FsError> {
         if tag.is_empty() || tag.len() > TAG_LEN {
             return Err(FsError::Tag(tag.to_string()));
         }
@@ -94,7 +113,6 @@ impl Fs {
             let socket = socket.to_path_buf();
             move |source| FsError::Backend { socket, step, source }
         };
-        let mut frontend = Frontend::connect(socket, NUM_QUEUES as u64).map_err(err("connect to"))?;
         frontend.set_owner().map_err(err("set the owner of"))?;
         let backend_features = frontend.get_features().map_err(err("get the features of"))?;
         if backend_features & VIRTIO_F_VERSION_1 == 0 {
@@ -127,6 +145,7 @@ impl Fs {
             interrupt,
             metrics: FsMetrics::default(),
             started: None,
+            log_budget: Default::default(),
         })
     }
 
@@ -223,7 +242,9 @@ impl VirtioDevice for Fs {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // The configuration space is read-only (virtio 1.2, 5.11.4).
-        tracing::warn!(offset, len = data.len(), "virtio-fs: guest wrote the read-only config space; ignored");
+        if self.log_budget.allow() {
+            tracing::warn!(offset, len = data.len(), "virtio-fs: guest wrote the read-only config space; ignored");
+        }
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

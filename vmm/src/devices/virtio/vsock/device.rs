@@ -196,6 +196,13 @@ impl Vsock {
         self.signal_used();
     }
 
+    /// Handles what the host side has for the guest: accepted and readable
+    /// host connections, handshake timeouts (the muxer's epoll).
+    pub fn process_backend(&mut self) {
+        self.muxer.process_events();
+        self.process_rx();
+    }
+
     /// Hands the guest's packets to the muxer.
     pub fn process_tx(&mut self) {
         let Some(active) = self.active.as_mut() else { return };

@@ -36,10 +36,7 @@ impl MutEventSubscriber for Vsock {
                 self.process_rx();
             }
             EVQ => {}
-            _ if source == MUXER => {
-                self.muxer.process_events();
-                self.process_rx();
-            }
+            _ if source == MUXER => self.process_backend(),
             _ => tracing::warn!(source, "vsock: event from an unknown source"),
         }
     }
