@@ -30,6 +30,9 @@ cargo test --release -p kata-like-tests --test snapshot -- --ignored --test-thre
 say "pod networking: a microVM on a tap joined to a CNI-style veth by tc"
 cargo test --release -p kata-like-tests --test pod_network -- --ignored --test-threads=1
 
+say "hostile agent requests against a real agent: refused, nothing changed"
+cargo test --release -p kata-like-tests --test hostile_requests -- --ignored --test-threads=1
+
 say "standalone containers: kata-like run/state/kill/delete"
 cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
 
@@ -43,6 +46,13 @@ cargo test --release -p kata-like-tests --test vm_templates -- --ignored --test-
 
 say "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)"
 cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1
+
+# 50 SIGKILLs each of shim, VMM, virtiofsd and agent at random points, two
+# container lives at a time, then a guest panic, a console flood and an OOM;
+# nothing may be left behind (docs/security.md).
+say "fault injection: kills at random points, guest panic, console flood, OOM"
+KATA_LIKE_FAULT_ITERATIONS=${KATA_LIKE_FAULT_ITERATIONS:-50} \
+    cargo test --release -p kata-like-tests --test faults -- --ignored --test-threads=1 --nocapture
 
 if [ -s "$KATA_LIKE_TEST_REPORT" ]; then
     say "skipped tests:"

@@ -32,7 +32,7 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// A cgroup created for one sandbox, in every hierarchy it applies to.
 #[derive(Debug)]
 pub struct HostCgroup {
-    /// The leaf directories we created, one per hierarchy.
+    /// The leaf directories, one per hierarchy.
     dirs: Vec<PathBuf>,
     /// `cgroup.procs` of each, open for writing.
     procs: Vec<File>,
@@ -52,12 +52,13 @@ impl HostCgroup {
         let mut cgroup = HostCgroup { dirs: Vec::new(), procs: Vec::new() };
         for root in roots {
             let dir = root.join(&relative);
-            let existed = dir.is_dir();
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("cgroupsPath {cgroups_path}: creating {}: {e}", dir.display()))?;
-            if !existed {
-                cgroup.dirs.push(dir.clone());
-            }
+            // The leaf is the sandbox's even if it existed (left by a
+            // crashed run, or made by whoever wrote the spec): it goes with
+            // the sandbox, as runc removes a container's cgroup. Parents
+            // stay; a busy leaf is left and logged.
+            cgroup.dirs.push(dir.clone());
             let procs = dir.join("cgroup.procs");
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -119,8 +120,7 @@ pub fn remove_leftover(cgroups_path: &str) {
     }
 }
 
-/// Removes the directories this sandbox created, once its processes are
-/// gone.
+/// Removes the sandbox's leaf directories, once its processes are gone.
 impl Drop for HostCgroup {
     fn drop(&mut self) {
         self.procs.clear();

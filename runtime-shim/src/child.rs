@@ -112,14 +112,23 @@ fn take_reaped(pid: u32, grace: Duration) -> Option<ExitStatus> {
     let mut codes = r.codes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         if let Some(code) = codes.remove(&pid) {
-            // A wait status: the exit code in the second byte.
-            return Some(ExitStatus::from_raw((code & 0xff) << 8));
+            return Some(wait_status(code));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return None;
         }
         codes = r.changed.wait_timeout(codes, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
+    }
+}
+
+/// The wait status behind a published code: 128 + N is taken as killed
+/// by signal N (the shim crate folds signals so; our children never exit
+/// with such codes themselves), else the exit code in the second byte.
+fn wait_status(code: i32) -> ExitStatus {
+    match code {
+        129..=192 => ExitStatus::from_raw(code - 128),
+        _ => ExitStatus::from_raw((code & 0xff) << 8),
     }
 }
 
@@ -167,6 +176,15 @@ pub fn output(mut command: Command) -> std::io::Result<std::process::Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_codes_become_exit_codes_or_signals() {
+        assert_eq!(wait_status(0).code(), Some(0));
+        assert_eq!(wait_status(1).code(), Some(1));
+        assert_eq!(wait_status(137).signal(), Some(libc::SIGKILL));
+        assert_eq!(wait_status(143).signal(), Some(libc::SIGTERM));
+        assert_eq!(wait_status(255).code(), Some(255));
+    }
 
     /// A child reaped behind std's back still reports its exit code.
     #[test]

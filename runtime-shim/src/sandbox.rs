@@ -260,8 +260,8 @@ pub enum SandboxError {
         vmm_log: String,
         /// Last lines of the guest console.
         console: String,
-        /// The VMM was killed by a signal or its virtiofsd died: the start
-        /// was interrupted from outside, not failed by what it was given.
+        /// The VMM or virtiofsd was killed from outside: the start was
+        /// interrupted, not failed by what it was given.
         interrupted: bool,
     },
     /// virtiofsd could not be started.
@@ -279,7 +279,7 @@ pub enum SandboxError {
 }
 
 impl SandboxError {
-    /// Whether a start failed because the VMM was killed or virtiofsd died
+    /// Whether a start failed because the VMM or virtiofsd was killed
     /// meanwhile, rather than because of what it was given.
     pub fn interrupted(&self) -> bool {
         matches!(self, SandboxError::Boot { interrupted: true, .. })
@@ -354,6 +354,7 @@ fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
 /// and the VM's death is what its owner sees (every container's task exits
 /// with 255). A thread waits on both processes and ends with either.
 fn tie_vmm_to_virtiofsd(vmm: u32, virtiofsd: u32) {
+    const VMM_EXIT_GRACE_MS: i32 = 500;
     let (Some(vmm_fd), Some(fsd_fd)) = (pidfd(vmm), pidfd(virtiofsd)) else {
         log::warn!("pidfd_open failed; a dead virtiofsd will not stop its VM");
         return;
@@ -373,6 +374,13 @@ fn tie_vmm_to_virtiofsd(vmm: u32, virtiofsd: u32) {
             break;
         }
         if fds[1].revents != 0 && fds[0].revents == 0 {
+            // virtiofsd also exits when a VMM that is shutting down closes
+            // the vhost-user socket: give that VMM a moment to finish.
+            let mut vmm_only = [libc::pollfd { fd: vmm_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // SAFETY: poll on one valid pollfd we own, bounded timeout.
+            if unsafe { libc::poll(vmm_only.as_mut_ptr(), 1, VMM_EXIT_GRACE_MS) } > 0 {
+                return;
+            }
             log::error!("virtiofsd (pid {virtiofsd}) exited; stopping its VM (VMM pid {vmm})");
             // SAFETY: pidfd_send_signal on the VMM's pidfd; a VMM that has
             // exited meanwhile makes it fail harmlessly (ESRCH).
@@ -384,6 +392,28 @@ fn tie_vmm_to_virtiofsd(vmm: u32, virtiofsd: u32) {
     if let Err(e) = spawned {
         log::warn!("cannot watch virtiofsd ({e}); a dead virtiofsd will not stop its VM");
     }
+}
+
+/// How long a failed start waits for a VMM whose virtiofsd went first.
+const VMM_EXIT_WAIT: Duration = Duration::from_secs(1);
+
+/// The exit status of `child` if it exits within `wait`.
+fn exit_within(child: &mut Child, wait: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match crate::child::try_wait(child) {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether a status is that of a process killed by someone (SIGKILL,
+/// SIGTERM, SIGINT) rather than one that failed (an exit code, a crash).
+fn killed_from_outside(status: ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    matches!(status.signal(), Some(libc::SIGKILL | libc::SIGTERM | libc::SIGINT))
 }
 
 /// Removes a VM's state directory, unless KATA_LIKE_KEEP_STATE is set: then
@@ -399,6 +429,20 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The last `lines` lines of a guest console, preceded by the line that
+/// says why the guest kernel died if it did (a panic's reason is printed
+/// before its register dump and backtrace, so it is rarely in the tail).
+pub fn console_excerpt(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    let cause = all[..from].iter().rev().find(|l| l.contains("Kernel panic - not syncing"));
+    match cause {
+        Some(cause) => format!("{cause}\n[...]\n{}", all[from..].join("\n")),
+        None => all[from..].join("\n"),
+    }
 }
 
 /// The value of `key=<u64>` on the first line of a VMM log containing
@@ -531,14 +575,20 @@ impl SandboxVm {
             }
         };
 
+        // Exit statuses seen while waiting: a status is reaped only once.
+        let (mut vmm_exit, mut fsd_exit) = (None, None);
         let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || {
             if let Some((fsd, _)) = virtiofsd.as_mut() {
                 if let Ok(Some(status)) = crate::child::try_wait(fsd) {
+                    fsd_exit = Some(status);
                     return Err(format!("virtiofsd exited ({status})"));
                 }
             }
             match crate::child::try_wait(&mut child) {
-                Ok(Some(status)) => Err(format!("the VMM exited ({status})")),
+                Ok(Some(status)) => {
+                    vmm_exit = Some(status);
+                    Err(format!("the VMM exited ({status})"))
+                }
                 Ok(None) => Ok(()),
                 Err(e) => Err(format!("cannot check the VMM process: {e}")),
             }
@@ -554,12 +604,15 @@ impl SandboxVm {
         let (client, health) = match ready {
             Ok(ready) => ready,
             Err(e) => {
-                // Killed from outside (a signal), or its virtiofsd gone:
-                // nothing the VM's inputs (a template, say) can be blamed for.
+                // The VMM killed from outside, or virtiofsd killed: nothing
+                // the VM's inputs (a template, say) can be blamed for. A
+                // virtiofsd that exited by itself followed its VMM (it
+                // exits when the VMM hangs up): the VMM's status decides.
                 use std::os::unix::process::ExitStatusExt;
-                let vmm_killed = matches!(crate::child::try_wait(&mut child), Ok(Some(s)) if s.signal().is_some());
-                let fsd_gone = virtiofsd.as_mut().is_some_and(|(fsd, _)| matches!(crate::child::try_wait(fsd), Ok(Some(_))));
-                let interrupted = vmm_killed || fsd_gone;
+                let vmm_exit = vmm_exit.or_else(|| exit_within(&mut child, VMM_EXIT_WAIT));
+                let fsd_exit = fsd_exit.or_else(|| virtiofsd.as_mut().and_then(|(fsd, _)| exit_within(fsd, Duration::ZERO)));
+                let interrupted = vmm_exit.is_some_and(killed_from_outside)
+                    || fsd_exit.is_some_and(|status| status.signal().is_some());
                 stop(&mut child);
                 if let Some((mut fsd, _)) = virtiofsd.take() {
                     stop(&mut fsd);
@@ -751,6 +804,25 @@ impl Drop for SandboxVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_excerpt_names_the_panic_above_its_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let console = dir.path().join("console.log");
+        let mut text = String::from("boot\n[ 3.1] Kernel panic - not syncing: sysrq triggered crash\n");
+        for i in 0..20 {
+            text.push_str(&format!("[ 3.2] trace line {i}\n"));
+        }
+        std::fs::write(&console, &text).expect("write");
+        let excerpt = console_excerpt(&console, 3);
+        assert_eq!(
+            excerpt,
+            "[ 3.1] Kernel panic - not syncing: sysrq triggered crash\n[...]\n\
+             [ 3.2] trace line 17\n[ 3.2] trace line 18\n[ 3.2] trace line 19"
+        );
+        std::fs::write(&console, "a\nb\nc\n").expect("write");
+        assert_eq!(console_excerpt(&console, 2), "b\nc");
+    }
 
     #[test]
     fn log_values_are_read_from_the_first_matching_line() {

@@ -303,7 +303,7 @@ impl Sandbox {
 
     /// The last lines of the guest console (for error reports).
     pub fn console_tail(&self) -> String {
-        crate::sandbox::tail(&crate::sandbox::console_path(&self.state), 10)
+        crate::sandbox::console_excerpt(&crate::sandbox::console_path(&self.state), 10)
     }
 
     /// Stops the VM and removes all host state of the sandbox.

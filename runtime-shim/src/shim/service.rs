@@ -212,6 +212,7 @@ impl Service {
             Ok(sandbox) => {
                 let sandbox = Arc::new(sandbox);
                 *guard = Some(sandbox.clone());
+                self.watch_sandbox(sandbox.clone());
                 Ok(sandbox)
             }
             Err(e) => {
@@ -322,10 +323,11 @@ impl Service {
         self.containers().get(id).is_some_and(|c| c.virtual_sandbox)
     }
 
-    /// Records the virtual sandbox's exit (killed, or its VM died) once.
-    async fn finish_virtual(&self, id: &str, status: u32) {
-        let Ok(proc) = self.proc(id, "") else { return };
-        let at = now();
+    /// Records the exit of process `exec_id` of `id` and publishes it, the
+    /// first time only (an agent wait and the sandbox watcher may both
+    /// report a process of a VM that died).
+    async fn finish(&self, id: &str, exec_id: &str, status: u32, at: Timestamp) {
+        let Ok(proc) = self.proc(id, exec_id) else { return };
         let first = proc.exit_tx.send_if_modified(|exit| {
             if exit.is_some() {
                 return false;
@@ -333,36 +335,58 @@ impl Service {
             *exit = Some((status, at.clone()));
             true
         });
-        if !first {
-            return;
+        if first {
+            self.update_proc(id, exec_id, |p| p.status = Status::STOPPED);
+            self.publish_exit(id, exec_id, proc.pid, status, at).await;
         }
-        self.update_proc(id, "", |p| p.status = Status::STOPPED);
-        self.publish_exit(id, "", proc.pid, status, at).await;
+    }
+
+    /// Watches the sandbox VM while it is this shim's: once it is gone
+    /// (the VMM or virtiofsd killed, the guest reset), every process no
+    /// agent wait will report — created but not started, and CRI's
+    /// virtual sandbox — exits with [`VM_GONE_STATUS`]. Started processes
+    /// are reported by their own waits ([`Self::watch_exit`]).
+    fn watch_sandbox(&self, sandbox: Arc<Sandbox>) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let current = service.inner.sandbox.lock().await.clone();
+                if !current.is_some_and(|s| Arc::ptr_eq(&s, &sandbox)) {
+                    return;
+                }
+                let Some(why) = sandbox.exited() else { continue };
+                let pending: Vec<(String, String)> = service
+                    .containers()
+                    .iter()
+                    .flat_map(|(id, c)| {
+                        let init = (c.virtual_sandbox || c.init.status == Status::CREATED).then(|| (id, "", &c.init));
+                        let execs = c.execs.iter().filter(|(_, p)| p.status == Status::CREATED);
+                        init.into_iter().chain(execs.map(move |(e, p)| (id, e.as_str(), p)))
+                    })
+                    .filter(|(_, _, p)| p.exited().is_none())
+                    .map(|(id, exec, _)| (id.clone(), exec.to_string()))
+                    .collect();
+                if !pending.is_empty() {
+                    log::error!("the sandbox VM is gone ({why}); guest console:\n{}", sandbox.console_tail());
+                }
+                for (id, exec_id) in pending {
+                    service.finish(&id, &exec_id, VM_GONE_STATUS, now()).await;
+                }
+                return;
+            }
+        });
     }
 
     /// Starts the virtual sandbox: it runs until killed or until the VM
-    /// dies, which a watcher notices.
-    async fn start_virtual(&self, id: &str, sandbox: Arc<Sandbox>) -> TtrpcResult<api::StartResponse> {
+    /// dies, which the sandbox watcher notices.
+    async fn start_virtual(&self, id: &str) -> TtrpcResult<api::StartResponse> {
         let pid = self.proc(id, "")?.pid;
         self.update_proc(id, "", |p| p.status = Status::RUNNING);
         let mut ev = TaskStart::new();
         ev.container_id = id.to_string();
         ev.pid = pid;
         self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev)).await;
-        let (service, id) = (self.clone(), id.to_string());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match service.proc(&id, "") {
-                    Ok(p) if p.exited().is_none() => {}
-                    _ => return,
-                }
-                if let Some(why) = sandbox.exited() {
-                    log::error!("sandbox {id}: the VM is gone ({why}); guest console:\n{}", sandbox.console_tail());
-                    return service.finish_virtual(&id, VM_GONE_STATUS).await;
-                }
-            }
-        });
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
@@ -402,9 +426,7 @@ impl Service {
                 ev.container_id = id.clone();
                 service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
             }
-            service.update_proc(&id, &exec_id, |p| p.status = Status::STOPPED);
-            let _ = proc.exit_tx.send(Some((status, at.clone())));
-            service.publish_exit(&id, &exec_id, proc.pid, status, at).await;
+            service.finish(&id, &exec_id, status, at).await;
         });
     }
 
@@ -483,7 +505,7 @@ impl Task for Service {
             return Err(err(Code::FAILED_PRECONDITION, format!("{} {} was already started", req.id, req.exec_id)));
         }
         if req.exec_id.is_empty() && self.is_virtual(&req.id) {
-            return self.start_virtual(&req.id, sandbox).await;
+            return self.start_virtual(&req.id).await;
         }
         let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
         let pid = blocking(move || -> Result<u32, String> {
@@ -681,7 +703,7 @@ impl Task for Service {
                 libc::SIGTERM | libc::SIGINT => 0,
                 _ => return Ok(api::Empty::new()),
             };
-            self.finish_virtual(&req.id, status).await;
+            self.finish(&req.id, "", status, now()).await;
             return Ok(api::Empty::new());
         }
         self.agent_call(move |c| c.signal_process(&req.id, &req.exec_id, req.signal, req.all)).await?;
