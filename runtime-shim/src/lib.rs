@@ -18,5 +18,6 @@ pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod standalone;
+mod supervise;
 pub mod template;
 pub mod virtiofsd;

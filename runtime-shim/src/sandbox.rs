@@ -17,9 +17,6 @@ use kata_like_protocol::{AgentClient, AgentClientError};
 
 /// How long an RPC other than RunProcess may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a VMM gets after SIGTERM (to remove its socket, flush logs)
-/// before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(2);
 
 /// What to boot.
 #[derive(Clone, Debug)]
@@ -315,105 +312,10 @@ pub struct SandboxVm {
     times: BootTimes,
     /// Dropped (and removed) after the processes in it are stopped.
     _cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
-}
-
-/// Stops a VMM: SIGTERM (it removes its socket, flushes its console), then
-/// SIGKILL if it is still there after [`TERM_GRACE`]; reaps it either way.
-fn stop(child: &mut Child) {
-    if let Ok(Some(_)) = crate::child::try_wait(child) {
-        return;
-    }
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child, which is not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = Instant::now() + TERM_GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = crate::child::try_wait(child) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = crate::child::wait(child);
-}
-
-/// A descriptor for process `pid` that stays valid after the process is
-/// reaped (pidfd_open), so a signal can never hit a recycled PID.
-fn pidfd(pid: u32) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor
-    // or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative result is a fresh descriptor we now own.
-    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Fail-stop: a VM whose virtiofsd died cannot read or write its files
-/// any more (its FUSE requests would hang), so the VMM is killed as well
-/// and the VM's death is what its owner sees (every container's task exits
-/// with 255). A thread waits on both processes and ends with either.
-fn tie_vmm_to_virtiofsd(vmm: u32, virtiofsd: u32) {
-    const VMM_EXIT_GRACE_MS: i32 = 500;
-    let (Some(vmm_fd), Some(fsd_fd)) = (pidfd(vmm), pidfd(virtiofsd)) else {
-        log::warn!("pidfd_open failed; a dead virtiofsd will not stop its VM");
-        return;
-    };
-    let spawned = std::thread::Builder::new().name("virtiofsd-watch".into()).spawn(move || {
-        use std::os::fd::AsRawFd;
-        let mut fds = [
-            libc::pollfd { fd: vmm_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: fsd_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        loop {
-            // SAFETY: poll on two valid pollfds we own, no timeout.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
-        }
-        if fds[1].revents != 0 && fds[0].revents == 0 {
-            // virtiofsd also exits when a VMM that is shutting down closes
-            // the vhost-user socket: give that VMM a moment to finish.
-            let mut vmm_only = [libc::pollfd { fd: vmm_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-            // SAFETY: poll on one valid pollfd we own, bounded timeout.
-            if unsafe { libc::poll(vmm_only.as_mut_ptr(), 1, VMM_EXIT_GRACE_MS) } > 0 {
-                return;
-            }
-            log::error!("virtiofsd (pid {virtiofsd}) exited; stopping its VM (VMM pid {vmm})");
-            // SAFETY: pidfd_send_signal on the VMM's pidfd; a VMM that has
-            // exited meanwhile makes it fail harmlessly (ESRCH).
-            unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, vmm_fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0)
-            };
-        }
-    });
-    if let Err(e) = spawned {
-        log::warn!("cannot watch virtiofsd ({e}); a dead virtiofsd will not stop its VM");
-    }
-}
-
-/// How long a failed start waits for a VMM whose virtiofsd went first.
-const VMM_EXIT_WAIT: Duration = Duration::from_secs(1);
-
-/// The exit status of `child` if it exits within `wait`.
-fn exit_within(child: &mut Child, wait: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match crate::child::try_wait(child) {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
-}
-
-/// Whether a status is that of a process killed by someone (SIGKILL,
-/// SIGTERM, SIGINT) rather than one that failed (an exit code, a crash).
-fn killed_from_outside(status: ExitStatus) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    matches!(status.signal(), Some(libc::SIGKILL | libc::SIGTERM | libc::SIGINT))
+    /// Exit statuses once seen: the shim crate's SIGCHLD handler reaps our
+    /// children, and a status it published can be taken only once.
+    vmm_exit: Option<ExitStatus>,
+    fsd_exit: Option<ExitStatus>,
 }
 
 /// Removes a VM's state directory, unless KATA_LIKE_KEEP_STATE is set: then
@@ -569,7 +471,7 @@ impl SandboxVm {
             Ok(child) => child,
             Err(e) => {
                 if let Some((mut fsd, _)) = virtiofsd.take() {
-                    stop(&mut fsd);
+                    crate::supervise::stop(&mut fsd);
                 }
                 return Err(io_err(format!("starting {}", spec.vmm.display()))(e));
             }
@@ -598,9 +500,10 @@ impl SandboxVm {
             None => Ok((client, health)),
             Some(_) => refresh_restored(client, &uds).map(|client| (client, health)),
         });
-        if let Some((fsd, _)) = &virtiofsd {
-            tie_vmm_to_virtiofsd(child.id(), fsd.id());
-        }
+        let ready = ready.and_then(|ready| match &virtiofsd {
+            Some((fsd, _)) => crate::supervise::tie_vmm_to_virtiofsd(child.id(), fsd.id()).map(|()| ready),
+            None => Ok(ready),
+        });
         let (client, health) = match ready {
             Ok(ready) => ready,
             Err(e) => {
@@ -609,13 +512,16 @@ impl SandboxVm {
                 // virtiofsd that exited by itself followed its VMM (it
                 // exits when the VMM hangs up): the VMM's status decides.
                 use std::os::unix::process::ExitStatusExt;
-                let vmm_exit = vmm_exit.or_else(|| exit_within(&mut child, VMM_EXIT_WAIT));
-                let fsd_exit = fsd_exit.or_else(|| virtiofsd.as_mut().and_then(|(fsd, _)| exit_within(fsd, Duration::ZERO)));
-                let interrupted = vmm_exit.is_some_and(killed_from_outside)
+                let vmm_exit =
+                    vmm_exit.or_else(|| crate::supervise::exit_within(&mut child, crate::supervise::VMM_EXIT_WAIT));
+                let fsd_exit = fsd_exit.or_else(|| {
+                    virtiofsd.as_mut().and_then(|(fsd, _)| crate::supervise::exit_within(fsd, Duration::ZERO))
+                });
+                let interrupted = vmm_exit.is_some_and(crate::supervise::killed_from_outside)
                     || fsd_exit.is_some_and(|status| status.signal().is_some());
-                stop(&mut child);
+                crate::supervise::stop(&mut child);
                 if let Some((mut fsd, _)) = virtiofsd.take() {
-                    stop(&mut fsd);
+                    crate::supervise::stop(&mut fsd);
                 }
                 let log = tail(&vmm_log, 8);
                 let reason = log
@@ -639,6 +545,8 @@ impl SandboxVm {
         Ok(SandboxVm {
             child: Some(child),
             virtiofsd: virtiofsd.map(|(c, _)| c),
+            vmm_exit: None,
+            fsd_exit: None,
             state_path,
             state,
             client,
@@ -672,25 +580,37 @@ impl SandboxVm {
     /// a guest that reset on panic.
     pub fn exited(&mut self) -> Option<String> {
         if let Some(fsd) = self.virtiofsd.as_mut() {
-            if let Ok(Some(status)) = crate::child::try_wait(fsd) {
+            if let Some(status) = self.fsd_exit.or_else(|| crate::child::try_wait(fsd).ok().flatten()) {
+                self.fsd_exit = Some(status);
                 return Some(format!("virtiofsd exited ({status})"));
             }
         }
+        if let Some(status) = self.vmm_exit {
+            return Some(format!("the VMM exited ({status})"));
+        }
         match self.child.as_mut().map(crate::child::try_wait) {
-            Some(Ok(Some(status))) => Some(format!("the VMM exited ({status})")),
+            Some(Ok(Some(status))) => {
+                self.vmm_exit = Some(status);
+                Some(format!("the VMM exited ({status})"))
+            }
             Some(Ok(None)) => None,
             Some(Err(e)) => Some(format!("cannot check the VMM: {e}")),
             None => Some("the VMM was stopped".into()),
         }
     }
 
-    /// Stops the VMM and virtiofsd now (no guest shutdown).
+    /// Stops the VMM and virtiofsd now (no guest shutdown); one that has
+    /// exited is not signalled again (its PID may be reused).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            stop(&mut child);
+            if self.vmm_exit.is_none() {
+                crate::supervise::stop(&mut child);
+            }
         }
         if let Some(mut fsd) = self.virtiofsd.take() {
-            stop(&mut fsd);
+            if self.fsd_exit.is_none() {
+                crate::supervise::stop(&mut fsd);
+            }
         }
     }
 
@@ -777,14 +697,18 @@ impl SandboxVm {
         };
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = crate::child::try_wait(&mut child).map_err(io_err("waiting for the VMM"))? {
+            let status = match self.vmm_exit {
+                Some(status) => Some(status),
+                None => crate::child::try_wait(&mut child).map_err(io_err("waiting for the VMM"))?,
+            };
+            if let Some(status) = status {
                 if let Some(mut fsd) = self.virtiofsd.take() {
-                    stop(&mut fsd);
+                    crate::supervise::stop(&mut fsd);
                 }
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                stop(&mut child);
+                crate::supervise::stop(&mut child);
                 return Err(SandboxError::ShutdownTimeout(timeout));
             }
             std::thread::sleep(Duration::from_millis(20));

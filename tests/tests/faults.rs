@@ -11,7 +11,8 @@
 //! takes seconds where a cold boot takes tens, which is what makes hundreds
 //! of container lives affordable. Two workers run at once (the boot slots).
 //! The seed of the random kill points is printed; `KATA_LIKE_FAULT_SEED`
-//! replays it.
+//! replays it, and `KATA_LIKE_FAULT_TARGETS=virtiofsd,agent` limits the
+//! kills to those components.
 
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -67,6 +68,18 @@ fn setup_with(test: &str, extra: &str) -> Option<Containerd> {
     }
     let config = format!("vm_templates = true\n{extra}");
     Some(Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{test}: {e}")))
+}
+
+/// The targets to kill: all, or those `KATA_LIKE_FAULT_TARGETS` names
+/// (comma-separated: shim, vmm, virtiofsd, agent), for replaying one.
+fn targets() -> Vec<Target> {
+    match std::env::var("KATA_LIKE_FAULT_TARGETS") {
+        Ok(names) => TARGETS
+            .into_iter()
+            .filter(|t| names.split(',').any(|n| n.trim().eq_ignore_ascii_case(&format!("{t:?}"))))
+            .collect(),
+        Err(_) => TARGETS.to_vec(),
+    }
 }
 
 fn iterations() -> usize {
@@ -185,7 +198,7 @@ fn kill_agent(uds: &std::path::Path) -> bool {
 }
 
 /// One container life ended by a kill: returns what was observed.
-fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Result<String, String> {
+fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Result<(String, Duration), String> {
     let started = Instant::now();
     let mut run: Child = c
         .ctr_command(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", "echo up; exec sleep 100000"])
@@ -244,10 +257,14 @@ fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Resu
     if !left.is_empty() {
         return Err(format!("leaked after killing {target:?} ({phase}): {left:?}"));
     }
-    Ok(format!(
-        "{target:?} killed after {:.1} s ({phase}), clean after {:.1} s",
-        killed_after.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+    let recovery = started.elapsed() - killed_after;
+    Ok((
+        format!(
+            "{target:?} killed after {:.1} s ({phase}), all gone {:.1} s later",
+            killed_after.as_secs_f64(),
+            recovery.as_secs_f64()
+        ),
+        recovery,
     ))
 }
 
@@ -264,24 +281,39 @@ fn kills_at_random_points_leave_nothing_behind() {
     let (out, err, code) = c.run("fault-warmup", &[], &["true"]);
     assert_eq!(code, 0, "warm-up run: {out}{err}\n{}", c.log_tail());
     let c = Arc::new(c);
-    let plan: Vec<(usize, Target)> = (0..per_target).flat_map(|i| TARGETS.map(|t| (i, t))).collect();
+    let targets = targets();
+    assert!(!targets.is_empty(), "KATA_LIKE_FAULT_TARGETS names none of shim, vmm, virtiofsd, agent");
+    let plan: Vec<(usize, Target)> = (0..per_target).flat_map(|i| targets.iter().map(move |&t| (i, t))).collect();
     let plan = Arc::new(Mutex::new(plan.into_iter()));
     let rng = Arc::new(Mutex::new(Rng(seed)));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    // The life whose clean-up took longest after its kill (a hang shows here).
+    let slowest = Arc::new(Mutex::new((String::new(), Duration::ZERO)));
     let began = Instant::now();
     let workers: Vec<_> = (0..test_infra::containerd::BOOT_SLOTS)
         .map(|_| {
-            let (c, plan, rng, failures) = (c.clone(), plan.clone(), rng.clone(), failures.clone());
+            let (c, plan, rng, failures, slowest) =
+                (c.clone(), plan.clone(), rng.clone(), failures.clone(), slowest.clone());
             std::thread::spawn(move || loop {
                 let Some((i, target)) = plan.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
                 let kill_at = rng.lock().unwrap_or_else(|e| e.into_inner()).below(LIFE);
                 let id = format!("f{}{i}", format!("{target:?}").to_lowercase());
                 match one_life(&c, &id, target, kill_at) {
-                    Ok(what) => eprintln!("{id}: {what}; nothing left"),
+                    Ok((what, recovery)) => {
+                        eprintln!("{id}: {what}; nothing left");
+                        let mut slowest = slowest.lock().unwrap_or_else(|e| e.into_inner());
+                        if recovery > slowest.1 {
+                            *slowest = (id.clone(), recovery);
+                        }
+                    }
                     Err(e) => {
                         let log = c.log_lines_with(&id);
-                        let tail: Vec<&str> = log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
-                        eprintln!("{id}: FAILED: {e}\n--- containerd and shim log lines naming {id} ---\n{}", tail.join("\n"));
+                        let tail: Vec<&str> =
+                            log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+                        eprintln!(
+                            "{id}: FAILED: {e}\n--- containerd and shim log lines naming {id} ---\n{}",
+                            tail.join("\n")
+                        );
                         failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{id}: {e}"));
                     }
                 }
@@ -292,11 +324,15 @@ fn kills_at_random_points_leave_nothing_behind() {
         worker.join().expect("worker");
     }
     let failures = failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let slowest = slowest.lock().unwrap_or_else(|e| e.into_inner()).clone();
     eprintln!(
-        "fault injection: {} container lives, {} failures, {:.0} s (seed {seed})",
-        per_target * TARGETS.len(),
+        "fault injection: {} container lives, {} failures, {:.0} s (seed {seed}); slowest clean-up after a kill: \
+         {} in {:.1} s",
+        per_target * targets.len(),
         failures.len(),
-        began.elapsed().as_secs_f64()
+        began.elapsed().as_secs_f64(),
+        slowest.0,
+        slowest.1.as_secs_f64()
     );
     assert!(failures.is_empty(), "{failures:#?}\n{}", c.log_tail());
     let left = c.wait_clean(Duration::from_secs(30));

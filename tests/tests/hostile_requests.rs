@@ -15,7 +15,8 @@ const SERVICE: &str = "katalike.agent.v1.AgentService";
 
 /// What a refused request may have left in the guest: directories under
 /// /run and the cgroup tree, the mount table and the process list.
-const GUEST_STATE: &str = "find /run /sys/fs/cgroup -maxdepth 3 -type d | sort; cat /proc/mounts; ls /proc | grep -c '^[0-9]'";
+const GUEST_STATE: &str =
+    "find /run /sys/fs/cgroup -maxdepth 3 -type d | sort; cat /proc/mounts; ls /proc | grep -c '^[0-9]'";
 
 fn guest_state(vm: &SandboxVm) -> String {
     let args: Vec<String> = ["sh", "-c", GUEST_STATE].iter().map(|s| s.to_string()).collect();

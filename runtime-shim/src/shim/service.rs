@@ -335,8 +335,8 @@ impl Service {
             *exit = Some((status, at.clone()));
             true
         });
+        self.update_proc(id, exec_id, |p| p.status = Status::STOPPED);
         if first {
-            self.update_proc(id, exec_id, |p| p.status = Status::STOPPED);
             self.publish_exit(id, exec_id, proc.pid, status, at).await;
         }
     }
@@ -528,7 +528,11 @@ impl Task for Service {
         .map_err(|e| err(Code::FAILED_PRECONDITION, e))?;
         self.update_proc(&req.id, &req.exec_id, |p| {
             p.pid = pid;
-            p.status = Status::RUNNING;
+            // The sandbox watcher may have ended it meanwhile (the VM died
+            // while the start was in flight): it stays stopped.
+            if p.exited().is_none() {
+                p.status = Status::RUNNING;
+            }
         });
         let mut proc = proc;
         proc.pid = pid;

@@ -1,8 +1,6 @@
 //! The virtio-net device under a hostile guest, its tap played by a
 //! datagram socket whose peer sends arbitrary frames.
 
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
@@ -11,23 +9,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::guest::HostileDriver;
 use super::Input;
 use crate::devices::bus::lock;
-use crate::devices::virtio::net::{Backend, Net};
+use crate::devices::virtio::net::tap::DatagramBackend as Datagrams;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::IrqTrigger;
-
-/// A datagram socket keeps frame boundaries, as a tap does.
-struct Datagrams(UnixDatagram);
-
-impl Backend for Datagrams {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf)
-    }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.0.send(frame).map(drop)
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 /// A hostile guest drives the NIC while the network side sends frames of
 /// any size and content.

@@ -1,7 +1,6 @@
 //! virtio-net queue handling against mock guest queues and a datagram
 //! socket pair standing in for the tap (both keep frame boundaries).
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
@@ -14,19 +13,7 @@ use super::*;
 const MAC: [u8; 6] = [0x02, 0, 0x0a, 0x58, 0, 0x2f];
 const BUFFERS: u64 = 0x10_0000;
 
-struct Socket(UnixDatagram);
-
-impl Backend for Socket {
-    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf)
-    }
-    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.0.send(frame).map(drop)
-    }
-    fn raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
+use crate::devices::virtio::net::tap::DatagramBackend as Socket;
 
 struct Rig<'a> {
     mem: &'a GuestMemoryMmap,
