@@ -121,6 +121,17 @@ mod tests {
         vsock_guest(&[]);
     }
 
+    /// The fuzzer's first finding (a libFuzzer timeout): an avail index
+    /// far ahead of the ring made TX processing spin forever. It must
+    /// return (the test would hang otherwise).
+    #[test]
+    fn a_runaway_avail_index_does_not_spin() {
+        vsock_guest(&[
+            172, 3, 3, 0, 255, 255, 255, 255, 255, 255, 255, 24, 0, 0, 0, 8, 206, 206, 206, 0, 0, 0, 103, 103, 103,
+            103, 103, 103, 103, 103, 103, 103, 103, 103, 103, 8, 236, 172, 3, 172,
+        ]);
+    }
+
     #[test]
     fn connect_lines_round_trip() {
         for line in [&b"CONNECT 1024"[..], b"CONNECT 0001024", b"CONNECT 4294967295\r", b"CONNECT 4294967296", b"\xff"]

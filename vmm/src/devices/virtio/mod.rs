@@ -180,6 +180,35 @@ impl GuestLogBudget {
     }
 }
 
+/// The guest's available ring claims chains that cannot be read: an avail
+/// index more than a queue size ahead, or a ring outside guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the guest's available ring is unreadable or its index is out of range")]
+pub struct BrokenRing;
+
+/// The next descriptor chain the guest made available on `queue`. When
+/// there is none, notifications are re-enabled and the ring is looked at
+/// once more, so a chain added meanwhile is not left waiting for a kick
+/// that never comes. A ring that still claims chains but yields none is
+/// [`BrokenRing`]: the caller stops processing the queue (until the next
+/// kick) instead of spinning on it — a hostile avail index found by the
+/// `vsock_guest` fuzz target made the event loop spin forever.
+pub fn next_chain<M>(queue: &mut Queue, mem: M) -> Result<Option<virtio_queue::DescriptorChain<M>>, BrokenRing>
+where
+    M: Clone + std::ops::Deref,
+    M::Target: vm_memory::GuestMemory + Sized,
+{
+    use virtio_queue::QueueT;
+    if let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+        return Ok(Some(chain));
+    }
+    match queue.enable_notification(&*mem) {
+        Ok(false) => Ok(None),
+        Ok(true) => queue.pop_descriptor_chain(mem).map(Some).ok_or(BrokenRing),
+        Err(_) => Err(BrokenRing),
+    }
+}
+
 /// Copies `src[offset..]` into `data` for a config-space read, leaving bytes
 /// beyond the end of `src` as 0 (out-of-range reads are not errors).
 pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {

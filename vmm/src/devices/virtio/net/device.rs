@@ -174,13 +174,17 @@ impl Net {
             let Some(active) = self.active.as_mut() else { return };
             let mem = &active.mem;
             let queue = &mut active.queues[RXQ];
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => {
-                        self.rx_waiting = true;
-                        break;
-                    }
+            let chain = match crate::devices::virtio::next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    self.rx_waiting = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "net: RX queue");
+                    M::inc(&self.metrics.bad_descriptors);
+                    self.rx_waiting = true;
+                    break;
                 }
             };
             self.rx_waiting = false;
@@ -240,10 +244,13 @@ impl Net {
         let queue = &mut active.queues[TXQ];
         let mut used = false;
         loop {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => break,
+            let chain = match crate::devices::virtio::next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "net: TX queue");
+                    M::inc(&self.metrics.bad_descriptors);
+                    break;
                 }
             };
             let head = chain.head_index();

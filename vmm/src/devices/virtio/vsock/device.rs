@@ -122,10 +122,13 @@ impl Vsock {
         let queue = &mut active.queues[RXQ];
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => break,
+            let mut chain = match crate::devices::virtio::next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: RX queue");
+                    M::inc(&self.metrics.bad_descriptors);
+                    break;
                 }
             };
             let head = chain.head_index();
@@ -215,10 +218,13 @@ impl Vsock {
                 self.tx_paused = true;
                 break;
             }
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => break,
+            let mut chain = match crate::devices::virtio::next_chain(queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "vsock: TX queue");
+                    M::inc(&self.metrics.bad_descriptors);
+                    break;
                 }
             };
             let head = chain.head_index();
