@@ -349,6 +349,10 @@ impl Service {
     fn watch_sandbox(&self, sandbox: Arc<Sandbox>) {
         let service = self.clone();
         tokio::spawn(async move {
+            // It keeps watching after the VM died, until the sandbox is
+            // destroyed: a create in flight when the VM died registers its
+            // container after the first look.
+            let mut logged = false;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let current = service.inner.sandbox.lock().await.clone();
@@ -367,13 +371,13 @@ impl Service {
                     .filter(|(_, _, p)| p.exited().is_none())
                     .map(|(id, exec, _)| (id.clone(), exec.to_string()))
                     .collect();
-                if !pending.is_empty() {
+                if !pending.is_empty() && !logged {
                     log::error!("the sandbox VM is gone ({why}); guest console:\n{}", sandbox.console_tail());
+                    logged = true;
                 }
                 for (id, exec_id) in pending {
                     service.finish(&id, &exec_id, VM_GONE_STATUS, now()).await;
                 }
-                return;
             }
         });
     }

@@ -27,6 +27,10 @@ pub fn fs_vhost_user(data: &[u8]) {
     if backend.write_all(replies).is_err() || backend.shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }
+    // The backend reads (and ignores) every request, as a live one would:
+    // an unread socket fills and blocks the frontend's sendmsg, which is a
+    // hang of the harness, not of the device.
+    let drain = std::thread::spawn(move || std::io::copy(&mut backend, &mut std::io::sink()));
     let Ok(irqfd) = EventFd::new(libc::EFD_NONBLOCK) else { return };
     let interrupt = Arc::new(IrqTrigger::new(irqfd));
     let frontend = Frontend::from_stream(ours, NUM_QUEUES as u64);
@@ -51,7 +55,10 @@ pub fn fs_vhost_user(data: &[u8]) {
             device.reset();
         }
     }
-    drop(backend);
+    // The frontend's socket closes with the device: the drain sees EOF.
+    drop(driver);
+    drop(fs);
+    let _ = drain.join();
 }
 
 #[cfg(test)]
