@@ -364,7 +364,7 @@ impl Service {
                     .containers()
                     .iter()
                     .flat_map(|(id, c)| {
-                        let init = (c.virtual_sandbox || c.init.status == Status::CREATED).then(|| (id, "", &c.init));
+                        let init = (c.virtual_sandbox || c.init.status == Status::CREATED).then_some((id, "", &c.init));
                         let execs = c.execs.iter().filter(|(_, p)| p.status == Status::CREATED);
                         init.into_iter().chain(execs.map(move |(e, p)| (id, e.as_str(), p)))
                     })

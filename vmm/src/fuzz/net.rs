@@ -54,6 +54,15 @@ pub fn net_guest(data: &[u8]) {
 mod tests {
     use super::*;
 
+    /// A libFuzzer timeout: a ring claiming chains it could not yield
+    /// made RX/TX processing spin. It must return.
+    #[test]
+    fn a_broken_ring_does_not_spin() {
+        net_guest(&[
+            65, 0, 0, 0, 0, 4, 235, 235, 235, 49, 235, 0, 0, 149, 236, 191, 159, 191, 191, 191, 191, 177, 47, 64,
+        ]);
+    }
+
     #[test]
     fn seeds_run_without_panicking() {
         let mut program = vec![0xdc, 0x05, 3, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 2];
