@@ -180,33 +180,34 @@ impl GuestLogBudget {
     }
 }
 
-/// The guest's available ring claims chains that cannot be read: an avail
-/// index more than a queue size ahead, or a ring outside guest memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the guest's available ring is unreadable or its index is out of range")]
-pub struct BrokenRing;
-
-/// The next descriptor chain the guest made available on `queue`. When
-/// there is none, notifications are re-enabled and the ring is looked at
-/// once more, so a chain added meanwhile is not left waiting for a kick
-/// that never comes. A ring that still claims chains but yields none is
-/// [`BrokenRing`]: the caller stops processing the queue (until the next
-/// kick) instead of spinning on it — a hostile avail index found by the
-/// `vsock_guest` fuzz target made the event loop spin forever.
-pub fn next_chain<M>(queue: &mut Queue, mem: M) -> Result<Option<virtio_queue::DescriptorChain<M>>, BrokenRing>
+/// The next descriptor chain the guest made available on `queue`, or None
+/// when there is none. With none, notifications are re-enabled and the
+/// ring is looked at once more, so a chain added meanwhile is not left
+/// waiting for a kick that never comes. A ring that still claims chains but
+/// yields none (an avail index more than a queue size ahead, a ring outside
+/// guest memory) is counted in `bad_descriptors` and also gives None: the
+/// caller ends this pass over the queue instead of spinning on it — such an
+/// index, found by the `vsock_guest` fuzz target, made the event loop spin
+/// forever.
+pub fn next_chain<M>(queue: &mut Queue, mem: M, bad_descriptors: &AtomicU64) -> Option<virtio_queue::DescriptorChain<M>>
 where
     M: Clone + std::ops::Deref,
     M::Target: vm_memory::GuestMemory + Sized,
 {
     use virtio_queue::QueueT;
     if let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
-        return Ok(Some(chain));
+        return Some(chain);
     }
-    match queue.enable_notification(&*mem) {
-        Ok(false) => Ok(None),
-        Ok(true) => queue.pop_descriptor_chain(mem).map(Some).ok_or(BrokenRing),
-        Err(_) => Err(BrokenRing),
+    let chain = match queue.enable_notification(&*mem) {
+        Ok(false) => return None,
+        Ok(true) => queue.pop_descriptor_chain(mem),
+        Err(_) => None,
+    };
+    if chain.is_none() {
+        tracing::debug!("virtio: the available ring claims chains it does not yield");
+        bad_descriptors.fetch_add(1, Ordering::Relaxed);
     }
+    chain
 }
 
 /// Copies `src[offset..]` into `data` for a config-space read, leaving bytes

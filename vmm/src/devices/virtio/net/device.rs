@@ -174,18 +174,9 @@ impl Net {
             let Some(active) = self.active.as_mut() else { return };
             let mem = &active.mem;
             let queue = &mut active.queues[RXQ];
-            let chain = match crate::devices::virtio::next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => {
-                    self.rx_waiting = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "net: RX queue");
-                    M::inc(&self.metrics.bad_descriptors);
-                    self.rx_waiting = true;
-                    break;
-                }
+            let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+                self.rx_waiting = true;
+                break;
             };
             self.rx_waiting = false;
             let head = chain.head_index();
@@ -244,14 +235,8 @@ impl Net {
         let queue = &mut active.queues[TXQ];
         let mut used = false;
         loop {
-            let chain = match crate::devices::virtio::next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "net: TX queue");
-                    M::inc(&self.metrics.bad_descriptors);
-                    break;
-                }
+            let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+                break;
             };
             let head = chain.head_index();
             let frame = chain.reader(mem).map_err(|e| e.to_string());

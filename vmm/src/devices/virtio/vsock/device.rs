@@ -122,14 +122,8 @@ impl Vsock {
         let queue = &mut active.queues[RXQ];
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let mut chain = match crate::devices::virtio::next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "vsock: RX queue");
-                    M::inc(&self.metrics.bad_descriptors);
-                    break;
-                }
+            let Some(mut chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+                break;
             };
             let head = chain.head_index();
             let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
@@ -218,14 +212,8 @@ impl Vsock {
                 self.tx_paused = true;
                 break;
             }
-            let mut chain = match crate::devices::virtio::next_chain(queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "vsock: TX queue");
-                    M::inc(&self.metrics.bad_descriptors);
-                    break;
-                }
+            let Some(mut chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+                break;
             };
             let head = chain.head_index();
             match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
