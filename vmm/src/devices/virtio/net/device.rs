@@ -234,10 +234,7 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.queues[TXQ];
         let mut used = false;
-        loop {
-            let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
-                break;
-            };
+        while let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) {
             let head = chain.head_index();
             let frame = chain.reader(mem).map_err(|e| e.to_string());
             match frame.and_then(|mut r| read_tx_frame(&mut r, &mut self.tx_frame)) {
