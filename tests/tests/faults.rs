@@ -191,10 +191,15 @@ fn kill_agent(uds: &std::path::Path) -> bool {
     if client.health().is_err() {
         return false;
     }
+    client.run_process(&shell("kill -9 $PPID", Duration::from_secs(10))).is_err()
+}
+
+/// A RunProcess request for `sh -c script`, bounded by `timeout`.
+fn shell(script: &str, timeout: Duration) -> RunProcessRequest {
     let mut req = RunProcessRequest::new();
-    req.args = ["sh", "-c", "kill -9 $PPID"].iter().map(|s| s.to_string()).collect();
-    req.timeout_ms = 10_000;
-    client.run_process(&req).is_err()
+    req.args = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
+    req.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    req
 }
 
 /// One container life ended by a kill: returns what was observed.
@@ -344,10 +349,10 @@ fn kills_at_random_points_leave_nothing_behind() {
 fn in_guest(c: &Containerd, id: &str, script: &str, timeout: Duration) -> Result<String, String> {
     let uds = kata_like_runtime::sandbox::vsock_path(&state_dir(c, id));
     let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;
-    let mut req = RunProcessRequest::new();
-    req.args = ["sh", "-c", script].iter().map(|s| s.to_string()).collect();
-    req.timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-    client.run_process(&req).map(|r| String::from_utf8_lossy(&r.stdout).into_owned()).map_err(|e| e.to_string())
+    client
+        .run_process(&shell(script, timeout))
+        .map(|r| String::from_utf8_lossy(&r.stdout).into_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn start_detached(c: &Containerd, id: &str) {
@@ -398,10 +403,7 @@ fn a_guest_panic_a_console_flood_and_an_oom_are_contained() {
         let flood = flood.to_string();
         std::thread::spawn(move || {
             let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;
-            let mut req = RunProcessRequest::new();
-            req.args = vec!["sh".to_string(), "-c".to_string(), flood];
-            req.timeout_ms = 600_000;
-            client.run_process(&req).map(|r| r.exit_code).map_err(|e| e.to_string())
+            client.run_process(&shell(&flood, Duration::from_secs(600))).map(|r| r.exit_code).map_err(|e| e.to_string())
         })
     };
     // While it floods: the agent answers another request.
