@@ -13,49 +13,69 @@ export KATA_LIKE_CLI=$TARGET_DIR/release/kata-like
 export KATA_LIKE_KERNEL=$ARTIFACTS/vmlinux
 export KATA_LIKE_INITRD=$ARTIFACTS/initrd.cpio
 export KATA_LIKE_TEST_REPORT=$(mktemp)
-trap 'rm -f "$KATA_LIKE_TEST_REPORT"' EXIT
 if [ -w /dev/kvm ] && [ -r /dev/kvm ]; then
     export KATA_LIKE_REQUIRE_VM=1
 fi
 
-say "unit and contract tests"
-cargo test --workspace --release
+# Each suite's wall time, printed as it ends and again at the end.
+timings=$(mktemp)
+trap 'rm -f "$KATA_LIKE_TEST_REPORT" "$timings"' EXIT
+suite_start=$SECONDS
+suite() {
+    local name=$1
+    shift
+    say "$name"
+    local start=$SECONDS
+    "$@"
+    local took=$((SECONDS - start))
+    printf '%4dm%02ds  %s\n' $((took / 60)) $((took % 60)) "$name" | tee -a "$timings" >&2
+}
 
-say "microVM integration tests (each boot takes tens of seconds on nested KVM)"
-cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
+suite "unit and contract tests" \
+    cargo test --workspace --release
 
-say "VM snapshots: a cold-booted VM snapshotted mid-workload, restored 5 times at once"
-cargo test --release -p kata-like-tests --test snapshot -- --ignored --test-threads=1
+suite "microVM integration tests (each boot takes tens of seconds on nested KVM)" \
+    cargo test --release -p kata-like-tests --test vm_boot -- --ignored --test-threads=2
 
-say "pod networking: a microVM on a tap joined to a CNI-style veth by tc"
-cargo test --release -p kata-like-tests --test pod_network -- --ignored --test-threads=1
+suite "VM snapshots: a cold-booted VM snapshotted mid-workload, restored 5 times at once" \
+    cargo test --release -p kata-like-tests --test snapshot -- --ignored --test-threads=1
 
-say "hostile agent requests against a real agent: refused, nothing changed"
-cargo test --release -p kata-like-tests --test hostile_requests -- --ignored --test-threads=1
+suite "pod networking: a microVM on a tap joined to a CNI-style veth by tc" \
+    cargo test --release -p kata-like-tests --test pod_network -- --ignored --test-threads=1
 
-say "standalone containers: kata-like run/state/kill/delete"
-cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
+suite "hostile agent requests against a real agent: refused, nothing changed" \
+    cargo test --release -p kata-like-tests --test hostile_requests -- --ignored --test-threads=1
+
+# Agent requests and replies of every small size and around every page,
+# packet, credit and frame boundary, byte for byte, in a restored VM.
+suite "control-path integrity: agent messages of every size arrive byte for byte" \
+    cargo test --release -p kata-like-tests --test rpc_integrity -- --ignored --test-threads=1
+
+suite "standalone containers: kata-like run/state/kill/delete" \
+    cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
 
 # One test at a time: each boots microVMs through a private containerd, and
 # the concurrent-runs test already loads both cores.
-say "containerd shim v2 through a private containerd and ctr"
-cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
+suite "containerd shim v2 through a private containerd and ctr" \
+    cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
 
-say "VM templates: ctr run in a VM restored from a snapshot"
-cargo test --release -p kata-like-tests --test vm_templates -- --ignored --test-threads=1
+suite "VM templates: ctr run in a VM restored from a snapshot" \
+    cargo test --release -p kata-like-tests --test vm_templates -- --ignored --test-threads=1
 
-say "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)"
-cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1
+suite "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)" \
+    cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1
 
 # 50 SIGKILLs each of shim, VMM, virtiofsd and agent at random points, two
 # container lives at a time, then a guest panic, a console flood and an OOM;
 # nothing may be left behind (docs/security.md).
-say "fault injection: kills at random points, guest panic, console flood, OOM"
-KATA_LIKE_FAULT_ITERATIONS=${KATA_LIKE_FAULT_ITERATIONS:-50} \
+export KATA_LIKE_FAULT_ITERATIONS=${KATA_LIKE_FAULT_ITERATIONS:-50}
+suite "fault injection: kills at random points, guest panic, console flood, OOM" \
     cargo test --release -p kata-like-tests --test faults -- --ignored --test-threads=1 --nocapture
 
 if [ -s "$KATA_LIKE_TEST_REPORT" ]; then
     say "skipped tests:"
     cat "$KATA_LIKE_TEST_REPORT" >&2
 fi
+say "wall time per suite (total $(( (SECONDS - suite_start) / 60 ))m$(( (SECONDS - suite_start) % 60 ))s):"
+cat "$timings" >&2
 say "all tests passed"

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::{
-    ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest, Empty, ExecProcessRequest, HealthRequest,
-    HealthResponse, ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse, ResizeTtyRequest, RestoredRequest,
-    RunProcessRequest, RunProcessResponse, SetupSandboxRequest, ShutdownRequest, ShutdownResponse,
-    SignalProcessRequest, StatsResponse, UpdateContainerRequest, WaitProcessResponse,
+    ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest, EchoRequest, EchoResponse, Empty,
+    ExecProcessRequest, HealthRequest, HealthResponse, ListPidsResponse, OomEvent, ProcessRequest, ProcessResponse,
+    ResizeTtyRequest, RestoredRequest, RunProcessRequest, RunProcessResponse, SetupSandboxRequest, ShutdownRequest,
+    ShutdownResponse, SignalProcessRequest, StatsResponse, UpdateContainerRequest, WaitProcessResponse,
 };
 use kata_like_protocol::agent_ttrpc::{create_agent_service, AgentService};
 use ttrpc::{Code, MethodHandler, TtrpcContext};
@@ -145,6 +145,27 @@ impl AgentService for Agent {
             resp.agent_uptime_ms = self.started.elapsed().as_millis() as u64;
             resp.kernel_release =
                 nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+            Ok(resp)
+        })
+    }
+
+    fn echo(&self, _ctx: &TtrpcContext, req: EchoRequest) -> ttrpc::Result<EchoResponse> {
+        guarded("Echo", || {
+            let limit = kata_like_protocol::MAX_MESSAGE_BYTES;
+            // The reply's own fields and ttrpc's response envelope take at
+            // most 32 bytes besides the data.
+            if req.reply_size as usize + 32 > limit {
+                let message =
+                    format!("Echo reply of {} bytes would exceed the message limit of {limit} bytes", req.reply_size);
+                return Err(status(Code::INVALID_ARGUMENT, message));
+            }
+            let mut resp = EchoResponse::new();
+            resp.received_len = req.data.len() as u32;
+            resp.received_crc32 = kata_like_protocol::echo::checksum(&req.data);
+            resp.data = match req.reply_size {
+                0 => req.data,
+                n => kata_like_protocol::echo::echo_pattern(req.seed, n as usize),
+            };
             Ok(resp)
         })
     }

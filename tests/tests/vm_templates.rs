@@ -53,3 +53,60 @@ fn ctr_run_starts_containers_from_a_restored_vm_template() {
     let left = c.wait_clean(Duration::from_secs(30));
     assert!(left.is_empty(), "leftovers: {left:#?}\n{}", c.log_tail());
 }
+
+/// Issue 16: container specs far above a page reach the agent intact
+/// through containerd, the shim's client, the VMM's vsock device and the
+/// agent: a 64 KiB environment variable, `--privileged` (every host device
+/// in the spec) and a 1 MiB spec (sixteen 64 KiB variables). The VMs are
+/// restored from the suite's shared template.
+#[test]
+#[ignore = "boots microVMs through containerd"]
+fn ctr_run_carries_large_specs_intact() {
+    const TEST: &str = "ctr_run_carries_large_specs_intact";
+    if test_infra::vm_test(TEST).is_none() {
+        return;
+    }
+    if let Some(reason) = test_infra::containerd::unavailable() {
+        return test_infra::skip(TEST, &reason);
+    }
+    let config = format!("vm_templates = true\ntemplate_dir = \"{}\"\n", test_infra::sandbox::template_dir().display());
+    let c = Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{e}"));
+
+    // One 64 KiB variable: its length and that every byte is an 'x'.
+    let big = format!("BIG={}", "x".repeat(64 * 1024));
+    let (out, err, code) = c.run(
+        "spec-64k",
+        &["--env", &big],
+        &["sh", "-c", "echo len=${#BIG}; case $BIG in *[!x]*) echo damaged;; *) echo clean;; esac"],
+    );
+    assert_eq!(code, 0, "64 KiB env: stderr: {err}\n{}", c.log_tail());
+    assert_eq!(out, "len=65536\nclean\n", "64 KiB env");
+
+    // --privileged: the spec lists every host device.
+    let host_devices = std::fs::read_dir("/dev").map(|d| d.count()).unwrap_or(0);
+    let (out, err, code) = c.run("spec-privileged", &["--privileged"], &["sh", "-c", "echo privileged ok"]);
+    assert_eq!(code, 0, "--privileged ({host_devices} host /dev entries): stderr: {err}\n{}", c.log_tail());
+    assert_eq!(out, "privileged ok\n");
+
+    // A 1 MiB spec: sixteen 64 KiB variables of different letters.
+    let vars: Vec<String> =
+        (0..16u8).map(|i| format!("V{i}={}", char::from(b'a' + i).to_string().repeat(64 * 1024))).collect();
+    let mut extra = Vec::new();
+    for var in &vars {
+        extra.extend(["--env", var.as_str()]);
+    }
+    let pairs: Vec<String> = (0..16u8).map(|i| format!("{i}:{}", char::from(b'a' + i))).collect();
+    let script = format!(
+        "for p in {}; do i=${{p%:*}}; l=${{p#*:}}; eval v=\\$V$i; \
+         if [ -z \"$(printf %s \"$v\" | tr -d $l)\" ]; then r=clean; else r=damaged; fi; \
+         printf '%s:%s ' ${{#v}} $r; done; echo",
+        pairs.join(" ")
+    );
+    let (out, err, code) = c.run("spec-1mib", &extra, &["sh", "-c", &script]);
+    assert_eq!(code, 0, "1 MiB spec: stderr: {err}\n{}", c.log_tail());
+    let expected: String = (0..16).map(|_| "65536:clean ").collect::<String>() + "\n";
+    assert_eq!(out, expected, "each variable whole and of one letter");
+
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "leftovers: {left:#?}\n{}", c.log_tail());
+}

@@ -208,6 +208,7 @@ pub fn request_decoder(method: &str) -> Option<Decoder> {
         "WaitProcess" | "CloseStdin" => parse::<ProcessRequest>,
         "GetOomEvent" => parse::<Empty>,
         "ConfigureNetwork" => parse::<ConfigureNetworkRequest>,
+        "Echo" => parse::<EchoRequest>,
         _ => return None,
     })
 }

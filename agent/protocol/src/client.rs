@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{
-    HealthRequest, HealthResponse, ResizeTtyRequest, RestoredRequest, RunProcessRequest, RunProcessResponse,
-    ShutdownRequest, SignalProcessRequest,
+    EchoRequest, EchoResponse, HealthRequest, HealthResponse, ResizeTtyRequest, RestoredRequest, RunProcessRequest,
+    RunProcessResponse, ShutdownRequest, SignalProcessRequest,
 };
 use crate::agent_ttrpc::AgentServiceClient;
 use crate::hybrid_vsock::{self, HandshakeError};
@@ -122,6 +122,17 @@ impl AgentClient {
         self.inner
             .health(self.context(), &HealthRequest::new())
             .map_err(|source| AgentClientError::Rpc { method: "Health", source })
+    }
+
+    /// The `Echo` diagnostic RPC: `data` to the agent, and back either
+    /// `data` (`reply_size` 0) or `reply_size` bytes of
+    /// [`echo_pattern`](crate::echo::echo_pattern)`(seed)`.
+    pub fn echo(&self, data: Vec<u8>, reply_size: u32, seed: u64) -> Result<EchoResponse, AgentClientError> {
+        let mut req = EchoRequest::new();
+        req.data = data;
+        req.reply_size = reply_size;
+        req.seed = seed;
+        self.call("Echo", false, |c, ctx| c.echo(ctx, &req))
     }
 
     /// Tells a guest restored from a snapshot to reseed its RNG with

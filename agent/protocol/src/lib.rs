@@ -11,6 +11,7 @@
 
 pub mod checks;
 mod client;
+pub mod echo;
 pub mod hybrid_vsock;
 
 pub use client::{AgentClient, AgentClientError};
@@ -92,6 +93,11 @@ pub const FORWARD_VSOCK_PORT: u32 = 1026;
 
 /// exec_id of a container's init process.
 pub const INIT_EXEC_ID: &str = "init";
+
+/// The largest ttrpc message (header excluded) either side sends or accepts:
+/// ttrpc's own frame limit. A request the client would have to send larger is
+/// refused before it leaves, naming both sizes (`AgentClientError::TooLarge`).
+pub const MAX_MESSAGE_BYTES: usize = ttrpc::proto::MESSAGE_LENGTH_MAX;
 
 /// Output captured per stream by `RunProcess`; more is dropped and flagged.
 /// Two full streams stay well below ttrpc's 4 MiB message limit.

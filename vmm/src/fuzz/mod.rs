@@ -8,6 +8,8 @@
 //!   queues, while a host peer talks to the device's host end.
 //! * [`fs_vhost_user`]: virtio-fs set up against a vhost-user backend that
 //!   answers with arbitrary bytes, then driven by a hostile guest.
+//! * [`vsock_packet`]: vsock packets over descriptor chains of any
+//!   layout, checked byte for byte against what the chain holds.
 //! * [`hybrid_vsock_connect`]: host clients' `CONNECT <port>` lines.
 //! * [`api_request`]: lines on the VMM's control socket.
 //!
@@ -19,9 +21,11 @@
 pub mod guest;
 mod net;
 mod vsock;
+mod vsock_packet;
 
 pub use net::net_guest;
 pub use vsock::{hybrid_vsock_connect, vsock_guest};
+pub use vsock_packet::vsock_packet;
 
 mod fs;
 pub use fs::fs_vhost_user;

@@ -202,8 +202,19 @@ const CAP_XSAVE: u32 = 4 * 32 + 26;
 
 /// glibc's settings that keep its string and memory functions off AVX
 /// state, for [`user_vector_state_unprotected`] guests.
-pub const GLIBC_NO_AVX_TUNABLES: &str =
-    "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_VNNI";
+///
+/// Clearing the AVX feature bits is not enough: glibc (2.36, Debian 12)
+/// picks `memcpy`/`memmove` by its *preference* bit
+/// `AVX_Fast_Unaligned_Load`, which the `-AVX*` entries leave set, so
+/// every memcpy of more than 32 bytes still ran `__memmove_avx_unaligned_erms`
+/// (ymm registers). In the guest a task switch loses the upper ymm halves,
+/// and the agent's static glibc copied request buffers with NUL runs in
+/// them: CreateContainer requests from about 5 KiB up failed to decode
+/// ("control character (\u0000-\u001F) found", "Incorrect tag").
+/// Checked with gdb on a static binary under these tunables: memcpy
+/// resolves to `__memmove_sse2_unaligned_erms` only with the last entry.
+pub const GLIBC_NO_AVX_TUNABLES: &str = "glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,\
+-AVX_VNNI,-AVX_Fast_Unaligned_Load";
 
 /// The host's XCR0 (enabled XSAVE state components), 0 without OSXSAVE.
 pub fn host_xcr0() -> u64 {
@@ -276,6 +287,18 @@ mod tests {
 
     fn find(cpuid: &CpuId, function: u32) -> kvm_cpuid_entry2 {
         *cpuid.as_slice().iter().find(|e| e.function == function).expect("leaf present")
+    }
+
+    #[test]
+    fn glibc_tunables_clear_every_avx_selector() {
+        let list = GLIBC_NO_AVX_TUNABLES.strip_prefix("glibc.cpu.hwcaps=").expect("one hwcaps tunable");
+        let entries: Vec<&str> = list.split(',').collect();
+        // What glibc 2.36's ifunc selectors test before picking a ymm/zmm
+        // variant: the usable AVX bits, and memmove's preference bit.
+        for selector in ["-AVX", "-AVX2", "-AVX512F", "-AVX512VL", "-AVX512BW", "-AVX_Fast_Unaligned_Load"] {
+            assert!(entries.contains(&selector), "{selector} missing from {GLIBC_NO_AVX_TUNABLES}");
+        }
+        assert!(entries.iter().all(|e| e.starts_with('-') && !e.contains(char::is_whitespace)), "{list}");
     }
 
     #[test]

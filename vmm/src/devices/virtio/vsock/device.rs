@@ -1,22 +1,22 @@
 //! The virtio-vsock device: configuration (guest CID), queues, and moving
 //! packets between the virtqueues and the [`HybridVsockMuxer`].
 //!
-//! Descriptor chains come from the guest and are untrusted: virtio-vsock's
-//! `VsockPacket` checks directions, lengths and bounds; a chain it rejects is
-//! returned to the guest unused and counted, never a VMM error.
+//! Descriptor chains come from the guest and are untrusted: [`super::packet`]
+//! checks directions, lengths and bounds and takes a packet laid out over any
+//! number of descriptors; a chain it rejects is returned to the guest unused
+//! and counted, never a VMM error.
 
 use crate::devices::virtio::Counters;
 use std::path::Path;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::VsockMetrics as M;
 use super::muxer::{HybridVsockMuxer, MuxerError};
-use super::{PktHeader, MAX_PKT_DATA};
+use super::packet::{read_tx, scratch_slice, RxBuffer};
 use crate::devices::virtio::{
     ActivateContext, ActivateError, IrqTrigger, VirtioDevice, INT_VRING, TYPE_VSOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -48,6 +48,9 @@ pub struct Vsock {
     active: Option<Active>,
     /// TX processing stopped because the RX backlog was full.
     tx_paused: bool,
+    /// Payload bytes on their way between a chain and the muxer (at most
+    /// `MAX_PKT_DATA`; reused for every packet).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -91,6 +94,7 @@ impl Vsock {
             metrics,
             active: None,
             tx_paused: false,
+            scratch: Vec::new(),
         })
     }
 
@@ -122,22 +126,34 @@ impl Vsock {
         let queue = &mut active.queues[RXQ];
         let mut used = false;
         while self.muxer.has_pending_rx() {
-            let Some(mut chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+            let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
                 break;
             };
             let head = chain.head_index();
-            let len = match VsockPacket::from_rx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(mut pkt) => match self.muxer.recv_pkt(pkt.data_slice()) {
-                    Some(header) => {
-                        header.write_to(&mut pkt);
-                        PKT_HEADER_SIZE as u32 + header.len
+            let len = match RxBuffer::new(mem, chain) {
+                Ok(buffer) => {
+                    let room = buffer.data_room();
+                    if self.scratch.len() < room {
+                        self.scratch.resize(room, 0);
                     }
-                    None => {
-                        // Nothing to send after all: give the buffer back.
-                        queue.go_to_previous_position();
-                        break;
+                    let scratch = &mut self.scratch[..room];
+                    match self.muxer.recv_pkt(scratch_slice(scratch).as_ref()) {
+                        Some(header) => buffer.fill(&header, scratch),
+                        None if room == 0 && self.muxer.has_pending_rx() => {
+                            // Only payload is waiting and this chain has no
+                            // room for any: a driver bug. Use it up (empty)
+                            // rather than offer it again forever.
+                            tracing::debug!("vsock: RX chain without room for payload");
+                            M::inc(&self.metrics.bad_descriptors);
+                            0
+                        }
+                        None => {
+                            // Nothing to send after all: give the buffer back.
+                            queue.go_to_previous_position();
+                            break;
+                        }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "vsock: bad RX descriptor chain");
                     M::inc(&self.metrics.bad_descriptors);
@@ -212,15 +228,12 @@ impl Vsock {
                 self.tx_paused = true;
                 break;
             }
-            let Some(mut chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
+            let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
                 break;
             };
             let head = chain.head_index();
-            match VsockPacket::from_tx_virtq_chain(mem, &mut chain, MAX_PKT_DATA) {
-                Ok(pkt) => {
-                    let header = PktHeader::from_packet(&pkt);
-                    self.muxer.send_pkt(&header, pkt.data_slice());
-                }
+            match read_tx(mem, chain, &mut self.scratch) {
+                Ok(header) => self.muxer.send_pkt(&header, scratch_slice(&mut self.scratch).as_ref()),
                 Err(e) => {
                     tracing::debug!(error = %e, "vsock: bad TX descriptor chain");
                     M::inc(&self.metrics.bad_descriptors);
@@ -294,3 +307,7 @@ impl VirtioDevice for Vsock {
         self.send_transport_reset();
     }
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

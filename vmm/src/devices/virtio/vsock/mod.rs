@@ -8,7 +8,7 @@
 //!   socket `<uds_path>_P`.
 //!
 //! Layout: [`device`] (virtio device, queue processing), [`event_handler`]
-//! (event-manager wiring), [`muxer`] (connections, the listener, the RX
+//! (event-manager wiring), [`packet`] (packets in descriptor chains), [`muxer`] (connections, the listener, the RX
 //! queue of pending packets), [`connection`] (one stream's state and credit
 //! flow control), [`metrics`].
 
@@ -17,12 +17,11 @@ pub mod device;
 pub mod event_handler;
 pub mod metrics;
 pub mod muxer;
+pub mod packet;
 
 pub use device::Vsock;
 pub use metrics::VsockMetrics;
 pub use muxer::HybridVsockMuxer;
-
-use virtio_vsock::packet::VsockPacket;
 
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
@@ -78,36 +77,4 @@ pub struct PktHeader {
     pub buf_alloc: u32,
     /// Bytes the sender has consumed (forwarded) so far.
     pub fwd_cnt: u32,
-}
-
-impl PktHeader {
-    /// The header of a packet read from the TX queue.
-    pub fn from_packet<B: vm_memory::bitmap::BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
-        PktHeader {
-            src_cid: pkt.src_cid(),
-            dst_cid: pkt.dst_cid(),
-            src_port: pkt.src_port(),
-            dst_port: pkt.dst_port(),
-            len: pkt.len(),
-            type_: pkt.type_(),
-            op: pkt.op(),
-            flags: pkt.flags(),
-            buf_alloc: pkt.buf_alloc(),
-            fwd_cnt: pkt.fwd_cnt(),
-        }
-    }
-
-    /// Writes this header into an RX packet.
-    pub fn write_to<B: vm_memory::bitmap::BitmapSlice>(&self, pkt: &mut VsockPacket<'_, B>) {
-        pkt.set_src_cid(self.src_cid)
-            .set_dst_cid(self.dst_cid)
-            .set_src_port(self.src_port)
-            .set_dst_port(self.dst_port)
-            .set_len(self.len)
-            .set_type(self.type_)
-            .set_op(self.op)
-            .set_flags(self.flags)
-            .set_buf_alloc(self.buf_alloc)
-            .set_fwd_cnt(self.fwd_cnt);
-    }
 }

@@ -529,8 +529,11 @@ impl HybridVsockMuxer {
     /// Fills the next packet for the guest (RX queue) into `buf`, returning
     /// its header (whose `len` is the payload written), or None when nothing
     /// is pending.
+    /// Each item pending on entry is looked at once: one that needs a data
+    /// buffer when `buf` is None goes back to the queue for a later call.
     pub fn recv_pkt<B: BitmapSlice>(&mut self, buf: Option<&VolatileSlice<'_, B>>) -> Option<PktHeader> {
-        while let Some(item) = self.rxq.pop_front() {
+        for _ in 0..self.rxq.len() {
+            let item = self.rxq.pop_front()?;
             let header = match item {
                 RxItem::Rst { local_port, peer_port } => {
                     M::inc(&self.metrics.rst_sent);
@@ -564,7 +567,8 @@ impl HybridVsockMuxer {
             return header;
         }
         let Some(buf) = buf else {
-            // An RX chain without a data buffer: try again with the next one.
+            // An RX chain without room for data: keep the item for the next
+            // chain (recv_pkt does not look at it again in this call).
             conn.rx_queued = true;
             self.rxq.push_back(RxItem::Data(key));
             return None;
