@@ -59,6 +59,28 @@ suite "standalone containers: kata-like run/state/kill/delete" \
 suite "containerd shim v2 through a private containerd and ctr" \
     cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
 
+# The other containerd versions (Debian 13's 1.7 and unstable's 2.x,
+# fetched into the cache): the core ctr cases, a restart, a shim given up
+# on, and the CRI smoke test. The full suites above run on the system's.
+containerd_matrix() {
+    local system versions version bindir tested=()
+    system=$(dirname "$(command -v containerd)")
+    versions=$("$ROOT/scripts/containerd-versions.sh")
+    while read -r version bindir; do
+        tested+=("$version")
+        [ "$bindir" = "$system" ] && continue
+        say "containerd $version ($bindir)"
+        KATA_LIKE_CONTAINERD_BIN=$bindir KATA_LIKE_TEST_VM_TEMPLATES=1 \
+            cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1 \
+            ctr_run_output_exit_code_env_cwd_user_and_stdin exec_pids_pause_resume_stats_and_signals \
+            ctr_run_with_a_terminal_is_interactive_and_sized containerd_restart a_shim_containerd
+        KATA_LIKE_CONTAINERD_BIN=$bindir \
+            cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1 pod_smoke
+    done <<<"$versions"
+    say "containerd versions tested: ${tested[*]}"
+}
+suite "containerd version matrix (1.6 above; 1.7 and 2.x here)" containerd_matrix
+
 suite "VM templates: ctr run in a VM restored from a snapshot" \
     cargo test --release -p kata-like-tests --test vm_templates -- --ignored --test-threads=1
 

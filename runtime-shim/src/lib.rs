@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod check;
 pub mod child;
 pub mod config;
+pub mod features;
 pub mod network;
 pub mod sandbox;
 pub mod shim;

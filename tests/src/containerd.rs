@@ -37,8 +37,40 @@ pub struct Containerd {
     child: Child,
     dir: tempfile::TempDir,
     socket: PathBuf,
+    /// containerd's config, and the PATH and runtime config its shims get.
+    config: PathBuf,
+    path_env: String,
+    kata_config: PathBuf,
     /// The runtime state root the shims use (per-test, to check leaks).
     pub kata_state: PathBuf,
+}
+
+/// The directory holding the containerd and ctr under test:
+/// `$KATA_LIKE_CONTAINERD_BIN` (the version matrix,
+/// scripts/containerd-versions.sh), else PATH's.
+pub fn containerd_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("KATA_LIKE_CONTAINERD_BIN").map(PathBuf::from)
+}
+
+fn program(name: &str) -> PathBuf {
+    containerd_bin_dir().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runtime config lines that make sandboxes restore the suite's shared VM
+/// template instead of booting cold.
+pub fn templated_runtime_config() -> String {
+    format!("vm_templates = true\ntemplate_dir = \"{}\"\n", crate::sandbox::template_dir().display())
+}
+
+/// Extra runtime config of every test containerd: with
+/// `KATA_LIKE_TEST_VM_TEMPLATES=1` (the version matrix) its sandboxes
+/// restore the suite's shared VM template.
+fn template_config() -> String {
+    if std::env::var_os("KATA_LIKE_TEST_VM_TEMPLATES").is_some_and(|v| v == "1") {
+        templated_runtime_config()
+    } else {
+        String::new()
+    }
 }
 
 fn image_tar() -> PathBuf {
@@ -47,8 +79,11 @@ fn image_tar() -> PathBuf {
 
 /// Why containerd tests cannot run, if they cannot.
 pub fn unavailable() -> Option<String> {
-    if Command::new("containerd").arg("--version").output().is_err() {
-        return Some("containerd is not installed (scripts/install-deps.sh installs it)".into());
+    if Command::new(program("containerd")).arg("--version").output().is_err() {
+        return Some(format!(
+            "{} does not run (scripts/install-deps.sh installs containerd)",
+            program("containerd").display()
+        ));
     }
     if !image_tar().exists() {
         return Some(format!("{} is missing (scripts/build.sh builds it)", image_tar().display()));
@@ -98,51 +133,28 @@ impl Containerd {
             // CPU count, so the tests of queued boots know the limit.
             format!(
                 "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 1200\nrpc_timeout_secs = 240\n\
-                 max_concurrent_boots = {BOOT_SLOTS}\n{extra_runtime_config}",
-                kata_state.display()
+                 max_concurrent_boots = {BOOT_SLOTS}\n{templates}{extra_runtime_config}",
+                kata_state.display(),
+                templates =
+                    if extra_runtime_config.contains("vm_templates") { String::new() } else { template_config() },
             ),
         )
         .map_err(|e| e.to_string())?;
         let bad_config = d.join("bad-config.toml");
         std::fs::write(&bad_config, "memory_mib = 128\nno_such_option = true\n").map_err(|e| e.to_string())?;
         let config = d.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{IMAGE_PAUSE}\"\n\
-                   stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.kata-like]\n  runtime_type = \"{RUNTIME}\"\n\
-                   pod_annotations = [\"io.kata-like.*\"]\n{cri}",
-                root = d.join("root").display(),
-                state = d.join("state").display(),
-                sock = socket.display(),
-                cri = cni_conf_dir.map(|c| cri_section(c, &bad_config)).unwrap_or_default(),
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        let cri = cni_conf_dir.map(|conf| (conf, bad_config.as_path()));
+        let text = daemon_config(containerd_version()?, &d.join("root"), &d.join("state"), &socket, cri);
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let release = crate::workspace_root().join("target/release");
-        let path = format!("{}:{}", release.display(), std::env::var("PATH").unwrap_or_default());
-        let log = std::fs::File::create(d.join("containerd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("KATA_LIKE_CONFIG", &kata_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start containerd: {e}"))?;
-        let c = Containerd { child, dir, socket, kata_state };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
-            if Instant::now() > deadline {
-                return Err(format!("containerd did not start: {}", c.log_tail()));
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let mut path = format!("{}:", release.display());
+        if let Some(bin) = containerd_bin_dir() {
+            path.push_str(&format!("{}:", bin.display()));
         }
+        path.push_str(&std::env::var("PATH").unwrap_or_default());
+        let child = spawn_daemon(&config, &path, &kata_config, &d.join("containerd.log"), false)?;
+        let c = Containerd { child, dir, socket, config, path_env: path, kata_config, kata_state };
+        c.wait_ready()?;
         let tar = image_tar().display().to_string();
         let namespaces: &[&str] = if cni_conf_dir.is_some() { &["default", CRI_NAMESPACE] } else { &["default"] };
         for ns in namespaces {
@@ -154,6 +166,59 @@ impl Containerd {
         Ok(c)
     }
 
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ctr(&["version"]).map(|o| !o.status.success()).unwrap_or(true) {
+            if Instant::now() > deadline {
+                return Err(format!("containerd did not start: {}", self.log_tail()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Stops containerd (SIGTERM, as a service manager does), leaving its
+    /// shims running, and starts it again with the same config and state;
+    /// its log continues in the same file.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop_daemon();
+        self.child = spawn_daemon(&self.config, &self.path_env, &self.kata_config, &self.log_path(), true)?;
+        self.wait_ready()
+    }
+
+    /// SIGKILLs containerd (a crash, the OOM killer) and starts it again.
+    pub fn crash_and_restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_daemon(&self.config, &self.path_env, &self.kata_config, &self.log_path(), true)?;
+        self.wait_ready()
+    }
+
+    /// Stops containerd only (SIGTERM, then SIGKILL after 10 s).
+    fn stop_daemon(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Processes of the shims this containerd started.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let socket = self.socket.display().to_string();
+        crate::processes()
+            .into_iter()
+            .filter(|(_, cmdline)| cmdline.contains("containerd-shim-kata-like") && cmdline.contains(&socket))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
     /// The containerd socket.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -161,12 +226,12 @@ impl Containerd {
 
     /// Runs `ctr -a SOCKET ARGS...` to completion.
     pub fn ctr(&self, args: &[&str]) -> std::io::Result<Output> {
-        Command::new("ctr").arg("-a").arg(&self.socket).args(args).stdin(Stdio::null()).output()
+        Command::new(program("ctr")).arg("-a").arg(&self.socket).args(args).stdin(Stdio::null()).output()
     }
 
     /// A `ctr` command to customise (stdin, spawn).
     pub fn ctr_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(program("ctr"));
         c.arg("-a").arg(&self.socket).args(args);
         c
     }
@@ -245,17 +310,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop_daemon();
         // Shims outlive containerd by design; a failed test must not leave
         // its shims (and so, through PDEATHSIG, VMMs and virtiofsd) running.
         let socket = self.socket.display().to_string();
@@ -276,22 +331,100 @@ impl Drop for Containerd {
     }
 }
 
+/// Starts containerd with `config`; shims get `path` and `kata_config`.
+fn spawn_daemon(config: &Path, path: &str, kata_config: &Path, log: &Path, append: bool) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(append)
+        .write(true)
+        .truncate(!append)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    Command::new(program("containerd"))
+        .arg("--config")
+        .arg(config)
+        .env("PATH", path)
+        .env("KATA_LIKE_CONFIG", kata_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start containerd: {e}"))
+}
+
 /// The containerd namespace of CRI's containers and images.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// A CRI runtime handler whose kata-like config has an unknown option.
 pub const BAD_CONFIG_HANDLER: &str = "kata-like-bad-config";
 
-/// The CRI plugin's settings for pods (see [`Containerd::start_cri`]),
-/// with [`BAD_CONFIG_HANDLER`] using the config at `bad_config`.
-fn cri_section(cni_conf_dir: &Path, bad_config: &Path) -> String {
-    format!(
-        "[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{conf}\"\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{BAD_CONFIG_HANDLER}]\n  runtime_type = \"{RUNTIME}\"\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{BAD_CONFIG_HANDLER}.options]\n  ConfigPath = \"{bad}\"\n",
-        conf = cni_conf_dir.display(),
-        bad = bad_config.display()
-    )
+/// The (major, minor) version of the containerd under test.
+pub fn containerd_version() -> Result<(u32, u32), String> {
+    let out = Command::new(program("containerd")).arg("--version").output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // "containerd github.com/containerd/containerd/v2 v2.1.9 …" or Debian's
+    // "containerd containerd.io 1.6.20~ds1 …".
+    let version = text.split_whitespace().nth(2).ok_or_else(|| format!("containerd --version: {text:?}"))?;
+    let mut parts = version.trim_start_matches('v').split(|c: char| !c.is_ascii_digit());
+    let mut next = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (next(), next()) {
+        (Some(major), Some(minor)) => Ok((major, minor)),
+        _ => Err(format!("cannot read containerd's version from {text:?}")),
+    }
+}
+
+/// containerd's config for the tests, in the layout the version wants
+/// (docs/kubernetes.md): config version 2 for 1.x, version 3 for 2.x (the
+/// CRI plugin split into `io.containerd.cri.v1.runtime` and
+/// `io.containerd.cri.v1.images`; the streaming server stays in
+/// `io.containerd.grpc.v1.cri`). With `cri`, CNI configs from its first
+/// path and [`BAD_CONFIG_HANDLER`] using the config at its second.
+fn daemon_config(version: (u32, u32), root: &Path, state: &Path, socket: &Path, cri: Option<(&Path, &Path)>) -> String {
+    let (config_version, runtime, images) = if version.0 >= 2 {
+        (3, "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images")
+    } else {
+        (2, "io.containerd.grpc.v1.cri", "io.containerd.grpc.v1.cri")
+    };
+    let server = "io.containerd.grpc.v1.cri";
+    let mut text = format!(
+        "version = {config_version}\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n",
+        root.display(),
+        state.display(),
+        socket.display()
+    );
+    if version.0 >= 2 {
+        text += &format!("[plugins.\"{images}\".pinned_images]\n  sandbox = \"{IMAGE_PAUSE}\"\n");
+        text +=
+            &format!("[plugins.\"{server}\"]\n  stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n");
+        text += &format!("[plugins.\"{runtime}\"]\n  restrict_oom_score_adj = true\n");
+    } else {
+        text += &format!(
+            "[plugins.\"{server}\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"{IMAGE_PAUSE}\"\n  \
+             stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n"
+        );
+    }
+    let runtimes = format!("plugins.\"{runtime}\".containerd.runtimes");
+    text += &format!("[{runtimes}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n");
+    text +=
+        &format!("[{runtimes}.kata-like]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.kata-like.*\"]\n");
+    // The CRI sandbox mode (1.7: sandbox_mode, 2.x: sandboxer): the pause
+    // container runs in the pod's VM, as on 1.6.
+    if version.0 >= 2 {
+        text += "  sandboxer = \"podsandbox\"\n";
+    } else if version >= (1, 7) {
+        text += "  sandbox_mode = \"podsandbox\"\n";
+    }
+    if let Some((conf_dir, bad_config)) = cri {
+        // `bin_dirs` replaced `bin_dir` in containerd 2.1.
+        let bin = if version >= (2, 1) { "bin_dirs = [\"/usr/lib/cni\"]" } else { "bin_dir = \"/usr/lib/cni\"" };
+        text += &format!("[plugins.\"{runtime}\".cni]\n  {bin}\n  conf_dir = \"{}\"\n", conf_dir.display());
+        text += &format!(
+            "[{runtimes}.{BAD_CONFIG_HANDLER}]\n  runtime_type = \"{RUNTIME}\"\n\
+             [{runtimes}.{BAD_CONFIG_HANDLER}.options]\n  ConfigPath = \"{}\"\n",
+            bad_config.display()
+        );
+    }
+    text
 }
 
 fn nix_umount(target: &str) -> std::io::Result<()> {

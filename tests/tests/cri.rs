@@ -351,3 +351,30 @@ fn bad_pod_configs_are_refused_with_the_reason_and_leave_nothing() {
     let new_netns: Vec<String> = Cri::cni_netns().into_iter().filter(|n| !netns_before.contains(n)).collect();
     assert!(new_netns.is_empty(), "network namespaces left: {new_netns:?}");
 }
+
+/// The CRI smoke test the containerd version matrix runs on every version:
+/// a pod, a container in it, ExecSync, its log, stop and remove, nothing
+/// left.
+#[test]
+#[ignore = "boots a microVM through containerd's CRI plugin"]
+fn pod_smoke_run_exec_logs_stop_remove() {
+    let Some(cri) = setup("pod_smoke_run_exec_logs_stop_remove") else { return };
+    let pod = cri.pod_config("kl-smoke");
+    let id = cri.run_pod(&pod).unwrap_or_else(|e| panic!("RunPodSandbox: {e}{}", ctx(&cri)));
+    let app = Cri::container_config("app", &["sh", "-c", "echo hello-from-app; exec sleep 600"]);
+    let app = cri.start_container(&id, &pod, app).unwrap_or_else(|e| panic!("app: {e}{}", ctx(&cri)));
+    let (code, out, err) = cri.exec_sync(&app, &["sh", "-c", "echo exec-$((6*7))"]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "exec-42\n", ""), "ExecSync{}", ctx(&cri));
+    let log = cri.log_file("kl-smoke", "app");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("stdout F hello-from-app") {
+        assert!(std::time::Instant::now() < deadline, "log {}: {:?}", log.display(), std::fs::read_to_string(&log));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    cri.stop_container(&app, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    cri.remove_container(&app).unwrap_or_else(|e| panic!("remove: {e}{}", ctx(&cri)));
+    cri.remove_pod(&id).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
+    let left = cri.containerd.wait_clean(Duration::from_secs(60));
+    assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(&cri));
+    assert!(cri.network.ports().is_empty(), "veths left on {}: {:?}", cri.network.bridge, cri.network.ports());
+}

@@ -344,6 +344,63 @@ fn kills_at_random_points_leave_nothing_behind() {
     assert!(left.is_empty(), "leftovers: {left:#?}");
 }
 
+/// containerd itself SIGKILLed (and restarted) at random points of a
+/// container's start and life: afterwards the container can be killed and
+/// deleted as usual and nothing is left (shim, VM, virtiofsd, mounts,
+/// state). One life at a time: every life shares the one containerd.
+#[test]
+#[ignore = "boots microVMs (from a template) through containerd"]
+fn containerd_killed_at_random_points_leaves_nothing_behind() {
+    let Some(mut c) = setup("containerd_killed_at_random_points_leaves_nothing_behind") else { return };
+    let seed = std::env::var("KATA_LIKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+    });
+    let lives = (iterations() / 5).max(2);
+    eprintln!("containerd kills: seed {seed}, {lives} lives (replay: KATA_LIKE_FAULT_SEED={seed})");
+    let (out, err, code) = c.run("cfault-warmup", &[], &["true"]);
+    assert_eq!(code, 0, "warm-up run: {out}{err}\n{}", c.log_tail());
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    for i in 0..lives {
+        let id = format!("cd{i}");
+        // KATA_LIKE_FAULT_KILL_AT_MS: one fixed point, for replaying a case.
+        let fixed = std::env::var("KATA_LIKE_FAULT_KILL_AT_MS").ok().and_then(|v| v.parse().ok());
+        let kill_at = fixed.map(Duration::from_millis).unwrap_or_else(|| rng.below(LIFE));
+        let mut run = c
+            .ctr_command(&["run", "-d", "--runtime", RUNTIME, IMAGE, &id, "sh", "-c", "exec sleep 100000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ctr");
+        std::thread::sleep(kill_at);
+        c.crash_and_restart().unwrap_or_else(|e| panic!("restart: {e}"));
+        let _ = run.wait();
+        // Whatever state the kill left: kill, delete, as a user would.
+        let status = task_status(&c, &id);
+        let _ = c.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while matches!(task_status(&c, &id).as_deref(), Some(s) if s != "STOPPED") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = c.ctr(&["task", "delete", "--force", &id]);
+        let _ = c.ctr(&["container", "delete", &id]);
+        let left = wait_clean(&c, &id, Duration::from_secs(60));
+        let what = format!("containerd killed {:.1} s into {id} (task then {status:?})", kill_at.as_secs_f64());
+        if left.is_empty() {
+            eprintln!("{what}: nothing left");
+        } else {
+            let log = c.log_lines_with(&id);
+            let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("{what}: LEAKED {left:?}\n--- log lines naming {id} ---\n{}", tail.join("\n"));
+            failures.push(format!("{what}: {left:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", c.log_tail());
+    let left = c.wait_clean(Duration::from_secs(30));
+    assert!(left.is_empty(), "leftovers: {left:#?}");
+}
+
 /// Runs `script` as root in the guest of container `id` (outside the
 /// container), through its agent.
 fn in_guest(c: &Containerd, id: &str, script: &str, timeout: Duration) -> Result<String, String> {

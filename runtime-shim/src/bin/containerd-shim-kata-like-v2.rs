@@ -6,5 +6,11 @@ use kata_like_runtime::shim::KataShim;
 
 #[tokio::main]
 async fn main() {
-    containerd_shim::asynchronous::run::<KataShim>("io.containerd.kata-like.v2", None).await;
+    const RUNTIME_ID: &str = "io.containerd.kata-like.v2";
+    // `start` (every containerd bootstrap protocol) and `-info` are ours;
+    // the server and `delete` are the containerd-shim crate's.
+    if let Some(code) = kata_like_runtime::shim::bootstrap::dispatch(RUNTIME_ID) {
+        std::process::exit(code);
+    }
+    containerd_shim::asynchronous::run::<KataShim>(RUNTIME_ID, None).await;
 }

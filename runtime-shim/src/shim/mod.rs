@@ -1,6 +1,8 @@
 //! `containerd-shim-kata-like-v2`: the containerd shim v2 on the
 //! `containerd-shim` crate (async). One shim and one microVM per sandbox.
 //!
+//! * [`bootstrap`]: `start` in every protocol containerd speaks, `-info`.
+//! * [`abandon`]: a first create whose containerd died ends the sandbox.
 //! * [`service`]: the Task service (containerd → shim → agent).
 //! * [`sandbox`]: the sandbox VM of this shim, created with the first
 //!   container and stopped with the last.
@@ -10,11 +12,14 @@
 //! * [`pod`]: CRI pods (sandbox container, namespaces, VM size).
 //! * [`volumes`]: the spec's host bind mounts, shared into the guest.
 
+pub mod abandon;
+pub mod bootstrap;
 pub mod io;
 pub mod metrics;
 pub mod options;
 pub mod pod;
 pub mod rootfs;
+pub mod rpc;
 pub mod sandbox;
 pub mod service;
 pub mod volumes;
@@ -35,6 +40,8 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 pub struct KataShim {
     namespace: String,
     id: String,
+    /// The socket this server listens on (`-socket`), removed at exit.
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -65,7 +72,12 @@ impl Shim for KataShim {
     type T = service::Service;
 
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        KataShim { namespace: args.namespace.clone(), id: args.id.clone(), exit: Arc::new(ExitSignal::default()) }
+        KataShim {
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            socket: args.socket.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
     }
 
     async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
@@ -74,9 +86,15 @@ impl Shim for KataShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        // containerd calls this when the shim is gone: its VMM and virtiofsd
-        // died with it (PDEATHSIG); remove the mounts and state it left.
+        // containerd calls this when the shim is gone, or when it gave up on
+        // one it cannot reach any more (after a restart). A server still
+        // answering at the bundle's address is ended first: its VMM and
+        // virtiofsd die with it (PDEATHSIG). Then remove the mounts and
+        // state it left.
         let bundle = std::env::current_dir().unwrap_or_default();
+        if let Some(pid) = bootstrap::live_server(&bundle, &self.id) {
+            end_server(pid).await;
+        }
         sandbox::cleanup_after_crash(&self.id, &bundle);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
@@ -86,12 +104,57 @@ impl Shim for KataShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // The crate removes the socket only when the bundle still holds an
+        // `address` file, which containerd has usually deleted by now.
+        // Unlinking it while the listener is open only stops new clients.
+        if let Some(path) = self.socket.strip_prefix("unix://").filter(|p| !p.is_empty()) {
+            match std::fs::remove_file(path) {
+                Ok(()) => log::info!("removed the shim socket {path}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cannot remove the shim socket {path}: {e}"),
+            }
+        }
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         collect_reaped_exits().await;
-        service::Service::new(self.namespace.clone(), publisher, self.exit.clone())
+        let service = service::Service::new(self.namespace.clone(), publisher, self.exit.clone());
+        end_on_sigterm(service.clone());
+        service
     }
+}
+
+/// SIGTERM (containerd or an operator giving up on the shim) ends the
+/// sandbox and the shim; the containerd-shim crate only logs it.
+fn end_on_sigterm(service: service::Service) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut sigterm) => {
+            tokio::spawn(async move {
+                if sigterm.recv().await.is_some() {
+                    log::warn!("SIGTERM: stopping the sandbox VM and exiting");
+                    service.terminate().await;
+                }
+            });
+        }
+        Err(e) => log::error!("cannot handle SIGTERM: {e}"),
+    }
+}
+
+/// Ends the live shim server `pid` (see [`bootstrap::live_server`]): SIGTERM
+/// (and SIGCONT, should it be stopped), then SIGKILL if it is still there
+/// after 3 s: containerd gives the whole `delete` 5 s.
+async fn end_server(pid: u32) {
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    log::warn!("containerd gave up on the running shim {pid}: ending it");
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGCONT);
+    for _ in 0..30 {
+        if nix::sys::signal::kill(target, None).is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
 }
 
 /// The shim crate's SIGCHLD handler reaps every child of the process; the

@@ -33,27 +33,11 @@ use serde_json::Value;
 /// Exit status reported when the VM died under a process.
 pub const VM_GONE_STATUS: u32 = 255;
 /// How long output may keep flowing after a process exits.
+use super::rpc::{agent_err, blocking, err, now, ts_from_ns};
+
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
 
-/// The agent's own message of a failed RPC (not ttrpc's wrapping).
-pub fn agent_message(e: &AgentClientError) -> String {
-    e.agent_status().map_or_else(|| e.to_string(), |status| status.message.clone())
-}
-
-fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.into()))
-}
-
-fn agent_err(e: AgentClientError) -> ttrpc::Error {
-    let code = match e.agent_status() {
-        // The same google.rpc codes on both ttrpc versions.
-        Some(s) => {
-            protobuf::Enum::from_i32(protobuf::Enum::value(&s.code.enum_value_or_default())).unwrap_or(Code::UNKNOWN)
-        }
-        None => Code::UNAVAILABLE,
-    };
-    err(code, agent_message(&e))
-}
+pub use super::rpc::agent_message;
 
 type Exit = Option<(u32, Timestamp)>;
 
@@ -102,21 +86,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
-}
-
-fn now() -> Timestamp {
-    containerd_shim::util::timestamp().unwrap_or_default()
-}
-
-fn ts_from_ns(ns: u64) -> Timestamp {
-    let mut t = Timestamp::new();
-    t.seconds = (ns / 1_000_000_000) as i64;
-    t.nanos = (ns % 1_000_000_000) as i32;
-    t
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> TtrpcResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| err(Code::INTERNAL, format!("worker failed: {e}")))
 }
 
 impl Service {
@@ -394,6 +363,12 @@ impl Service {
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
+    /// Ends every container's VM and the shim (SIGTERM).
+    pub async fn terminate(&self) {
+        self.destroy_sandbox().await;
+        self.inner.exit.signal();
+    }
+
     async fn destroy_sandbox(&self) {
         let sandbox = self.inner.sandbox.lock().await.take();
         if let Some(sandbox) = sandbox {
@@ -484,7 +459,22 @@ impl Task for Service {
         // The phase lines (request, created, running) are what the ctr
         // benchmark (tests/src/bin/bench_ctr.rs) reads from the log.
         log::info!("phase create-request {}", req.id);
-        let (pid, _) = self.create_inner(&req).await?;
+        // The work runs apart from this RPC's future, which ttrpc drops when
+        // containerd's connection closes (containerd died): see `abandon`.
+        let first = self.containers().is_empty();
+        let (me, owned) = (self.clone(), req.clone());
+        let created = tokio::spawn(async move {
+            let created = tokio::select! {
+                created = me.create_inner(&owned) => created,
+                () = super::abandon::containerd_gone(), if first => {
+                    super::abandon::abandon(&owned.id, std::path::Path::new(&owned.bundle))
+                }
+            };
+            let id = owned.id.clone();
+            let alone = move || me.containers().keys().all(|k| *k == id);
+            super::abandon::after_first_create(first, &owned.id, &owned.bundle, created, alone)
+        });
+        let (pid, _) = created.await.map_err(|e| err(Code::INTERNAL, format!("create {}: {e}", req.id)))??;
         log::info!("phase created {}", req.id);
         let mut ev = TaskCreate::new();
         ev.container_id = req.id.clone();
@@ -503,6 +493,7 @@ impl Task for Service {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        super::abandon::claim(&req.id);
         let sandbox = self.sandbox().await?;
         let proc = self.proc(&req.id, &req.exec_id)?;
         if proc.status != Status::CREATED {
@@ -560,6 +551,7 @@ impl Task for Service {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        super::abandon::claim(&req.id);
         let proc = self.proc(&req.id, &req.exec_id)?;
         if proc.status == Status::RUNNING || proc.status == Status::PAUSED {
             return Err(err(
@@ -699,6 +691,7 @@ impl Task for Service {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        super::abandon::claim(&req.id);
         let proc = self.proc(&req.id, &req.exec_id)?;
         if proc.exited().is_some() && !req.all {
             return Err(err(Code::NOT_FOUND, format!("process {} already finished", proc.pid)));
