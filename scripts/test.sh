@@ -66,7 +66,8 @@ containerd_matrix() {
     local system versions version bindir tested=()
     system=$(dirname "$(command -v containerd)")
     versions=$("$ROOT/scripts/containerd-versions.sh")
-    while read -r version bindir; do
+    # fd 3: cargo would otherwise read the rest of the list from stdin.
+    while read -r version bindir <&3; do
         tested+=("$version")
         [ "$bindir" = "$system" ] && continue
         say "containerd $version ($bindir)"
@@ -76,7 +77,7 @@ containerd_matrix() {
             ctr_run_with_a_terminal_is_interactive_and_sized containerd_restart a_shim_containerd
         KATA_LIKE_CONTAINERD_BIN=$bindir \
             cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1 pod_smoke
-    done <<<"$versions"
+    done 3<<<"$versions"
     say "containerd versions tested: ${tested[*]}"
 }
 suite "containerd version matrix (1.6 above; 1.7 and 2.x here)" containerd_matrix

@@ -57,7 +57,7 @@ fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
 }
 
 fn create(client: &AgentClient, req: &CreateContainerRequest) -> Result<(), AgentClientError> {
-    client.call("CreateContainer", false, |a, ctx| a.create_container(ctx, req)).map(|_| ())
+    client.create_container(req).map(drop)
 }
 
 #[test]

@@ -90,13 +90,11 @@ fn a_vm_on_the_pod_tap_talks_tcp_through_the_cni_veth() {
     // A NIC the guest does not have is named, and nothing breaks.
     let mut wrong = pod_request.clone();
     wrong.interfaces[0].mac = "02:00:00:00:00:99".into();
-    let err = vm.agent().call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, &wrong)).unwrap_err();
+    let err = vm.agent().configure_network(&wrong).unwrap_err();
     assert!(err.to_string().contains("no guest interface has MAC 02:00:00:00:00:99"), "{err}");
     // The agent configures what attach() read from the namespace.
     let request = pod_request;
-    vm.agent()
-        .call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, &request))
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console()));
+    vm.agent().configure_network(&request).unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", vm.console()));
     let script = format!(
         "ip -o -4 addr show dev eth0; ip route; cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; \
          echo hello host | busybox nc 10.215.0.1 {port}"

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::agent::{
-    EchoRequest, EchoResponse, HealthRequest, HealthResponse, ResizeTtyRequest, RestoredRequest, RunProcessRequest,
-    RunProcessResponse, ShutdownRequest, SignalProcessRequest,
+    ConfigureNetworkRequest, ContainerRequest, CreateContainerRequest, EchoRequest, EchoResponse, ExecProcessRequest,
+    HealthRequest, HealthResponse, ListPidsResponse, ProcessRequest, ResizeTtyRequest, RestoredRequest,
+    RunProcessRequest, RunProcessResponse, SetupSandboxRequest, ShutdownRequest, SignalProcessRequest, StatsResponse,
+    UpdateContainerRequest, WaitProcessResponse,
 };
 use crate::agent_ttrpc::AgentServiceClient;
 use crate::hybrid_vsock::{self, HandshakeError};
@@ -158,7 +160,7 @@ impl AgentClient {
 
     /// Calls RPC `method` through `f` with this client's deadline, or with
     /// none for long polls (`long_poll`), naming the method in errors.
-    pub fn call<R>(
+    fn call<R>(
         &self,
         method: &'static str,
         long_poll: bool,
@@ -169,6 +171,76 @@ impl AgentClient {
             ctx.timeout_nano = 0;
         }
         f(&self.inner, ctx).map_err(|source| AgentClientError::Rpc { method, source })
+    }
+
+    /// Sets the guest up for containers (entropy, clock, shared fs tag).
+    pub fn setup_sandbox(&self, req: &SetupSandboxRequest) -> Result<(), AgentClientError> {
+        self.call("SetupSandbox", false, |c, ctx| c.setup_sandbox(ctx, req)).map(drop)
+    }
+
+    /// Configures the guest's interfaces, addresses and routes.
+    pub fn configure_network(&self, req: &ConfigureNetworkRequest) -> Result<(), AgentClientError> {
+        self.call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, req)).map(drop)
+    }
+
+    /// Creates a container; its init's guest PID.
+    pub fn create_container(&self, req: &CreateContainerRequest) -> Result<u32, AgentClientError> {
+        self.call("CreateContainer", false, |c, ctx| c.create_container(ctx, req)).map(|r| r.pid)
+    }
+
+    /// Starts a created container; its init's guest PID.
+    pub fn start_container(&self, container_id: &str) -> Result<u32, AgentClientError> {
+        let req = container_request(container_id);
+        self.call("StartContainer", false, |c, ctx| c.start_container(ctx, &req)).map(|r| r.pid)
+    }
+
+    /// Starts an exec'd process; its guest PID.
+    pub fn exec_process(&self, req: &ExecProcessRequest) -> Result<u32, AgentClientError> {
+        self.call("ExecProcess", false, |c, ctx| c.exec_process(ctx, req)).map(|r| r.pid)
+    }
+
+    /// Long poll (no deadline): waits until process `exec_id` ("" = init)
+    /// of container `container_id` exits. Use a connection of its own.
+    pub fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<WaitProcessResponse, AgentClientError> {
+        let mut req = ProcessRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        self.call("WaitProcess", true, |c, ctx| c.wait_process(ctx, &req))
+    }
+
+    /// Removes a stopped container.
+    pub fn remove_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_request(container_id);
+        self.call("RemoveContainer", false, |c, ctx| c.remove_container(ctx, &req)).map(drop)
+    }
+
+    /// The guest PIDs of a container's processes.
+    pub fn list_pids(&self, container_id: &str) -> Result<ListPidsResponse, AgentClientError> {
+        let req = container_request(container_id);
+        self.call("ListPids", false, |c, ctx| c.list_pids(ctx, &req))
+    }
+
+    /// Freezes a container's processes.
+    pub fn pause_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_request(container_id);
+        self.call("PauseContainer", false, |c, ctx| c.pause_container(ctx, &req)).map(drop)
+    }
+
+    /// Thaws a paused container.
+    pub fn resume_container(&self, container_id: &str) -> Result<(), AgentClientError> {
+        let req = container_request(container_id);
+        self.call("ResumeContainer", false, |c, ctx| c.resume_container(ctx, &req)).map(drop)
+    }
+
+    /// Changes a container's resources.
+    pub fn update_container(&self, req: &UpdateContainerRequest) -> Result<(), AgentClientError> {
+        self.call("UpdateContainer", false, |c, ctx| c.update_container(ctx, req)).map(drop)
+    }
+
+    /// A container's cgroup statistics.
+    pub fn stats_container(&self, container_id: &str) -> Result<StatsResponse, AgentClientError> {
+        let req = container_request(container_id);
+        self.call("StatsContainer", false, |c, ctx| c.stats_container(ctx, &req))
     }
 
     /// Sends `signal` to process `exec_id` ("" = init) of container
@@ -215,4 +287,11 @@ impl AgentClient {
             Err(source) => Err(AgentClientError::Rpc { method: "Shutdown", source }),
         }
     }
+}
+
+/// A request naming container `id`.
+fn container_request(id: &str) -> ContainerRequest {
+    let mut r = ContainerRequest::new();
+    r.container_id = id.to_string();
+    r
 }

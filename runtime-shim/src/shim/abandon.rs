@@ -14,19 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-/// Environment variable carrying `pid:starttime` of containerd.
-pub const CONTAINERD_ENV: &str = "KATA_LIKE_CONTAINERD";
-
-/// `pid:starttime` of process `pid` (start time in clock ticks since boot,
-/// so a reused pid is not mistaken for it), if it exists.
-pub fn identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is
-    // field 3, starttime field 22.
-    let rest = stat.rsplit_once(')')?.1;
-    let starttime = rest.split_whitespace().nth(19)?;
-    Some(format!("{pid}:{starttime}"))
-}
+use super::bootstrap::{identity, ADDRESS_FILE, CONTAINERD_ENV};
 
 /// Whether the process `ident` (from [`identity`]) still runs (a zombie
 /// does not).
@@ -132,7 +120,7 @@ pub fn abandon(id: &str, bundle: &Path) -> ! {
         std::thread::sleep(Duration::from_millis(50));
     }
     super::sandbox::cleanup_after_crash(id, bundle);
-    if let Ok(address) = std::fs::read_to_string(bundle.join(super::bootstrap::ADDRESS_FILE)) {
+    if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) {
         let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
     }
     std::process::exit(1);

@@ -306,6 +306,20 @@ fn start(flags: &Flags) -> Result<Vec<u8>, BootstrapError> {
     request.reply(&address)
 }
 
+/// Environment variable carrying `pid:starttime` of containerd.
+pub const CONTAINERD_ENV: &str = "KATA_LIKE_CONTAINERD";
+
+/// `pid:starttime` of process `pid` (start time in clock ticks since boot,
+/// so a reused pid is not mistaken for it), if it exists.
+pub fn identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, starttime field 22.
+    let rest = stat.rsplit_once(')')?.1;
+    let starttime = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{starttime}"))
+}
+
 /// The bundle file naming the shim's socket address.
 pub const ADDRESS_FILE: &str = "address";
 
@@ -361,8 +375,8 @@ fn serve(request: &StartRequest, address: &str) -> Result<(), BootstrapError> {
         command.arg("-debug");
     }
     // Who started us: containerd (see `abandon`).
-    if let Some(ident) = super::abandon::identity(std::os::unix::process::parent_id()) {
-        command.env(super::abandon::CONTAINERD_ENV, ident);
+    if let Some(ident) = identity(std::os::unix::process::parent_id()) {
+        command.env(CONTAINERD_ENV, ident);
     }
     let mut child = command.spawn().map_err(|e| BootstrapError::Server(format!("spawn: {e}")))?;
     let result = confine(request, &child).and_then(|()| wait_serving(&mut child, address));

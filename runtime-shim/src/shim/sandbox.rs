@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kata_like_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, ProcessRequest, SetupSandboxRequest, Storage, WaitProcessResponse,
+    ContainerRequest, CreateContainerRequest, SetupSandboxRequest, Storage, WaitProcessResponse,
 };
 use kata_like_protocol::{AgentClient, INIT_EXEC_ID};
 
@@ -190,11 +190,11 @@ impl Sandbox {
         req.realtime_ns = crate::sandbox::realtime_ns();
         req.shared_fs_tag = SHARED_TAG.into();
         client
-            .call("SetupSandbox", false, |c, ctx| c.setup_sandbox(ctx, &req))
+            .setup_sandbox(&req)
             .map_err(|e| format!("guest set-up failed: {}", super::service::agent_message(&e)))?;
         if let Some((_, net_req)) = &network {
             client
-                .call("ConfigureNetwork", false, |c, ctx| c.configure_network(ctx, net_req))
+                .configure_network(net_req)
                 .map_err(|e| format!("guest network set-up failed: {}", super::service::agent_message(&e)))?;
         }
         if let Some(listener) = forward {
@@ -263,30 +263,20 @@ impl Sandbox {
         req.rootfs = rootfs;
         req.storages = storages;
         req.stdio = protobuf::MessageField::some(stdio.agent_stdio());
-        let resp = self
-            .client
-            .call("CreateContainer", false, |c, ctx| c.create_container(ctx, &req))
-            .map_err(|e| agent_message(&e))?;
-        Ok((resp.pid, io))
+        let pid = self.client.create_container(&req).map_err(|e| agent_message(&e))?;
+        Ok((pid, io))
     }
 
     /// Starts a created container; returns its init's guest PID.
     pub fn start_container(&self, id: &str) -> Result<u32, String> {
-        let req = container_req(id);
-        self.client
-            .call("StartContainer", false, |c, ctx| c.start_container(ctx, &req))
-            .map(|r| r.pid)
-            .map_err(|e| agent_message(&e))
+        self.client.start_container(id).map_err(|e| agent_message(&e))
     }
 
     /// Waits (on its own connection) until process `exec_id` ("" = init)
     /// of container `id` exits.
     pub fn wait_process(&self, id: &str, exec_id: &str) -> Result<WaitProcessResponse, String> {
         let client = self.long_poll_client()?;
-        let mut req = ProcessRequest::new();
-        req.container_id = id.to_string();
-        req.exec_id = exec_id.to_string();
-        client.call("WaitProcess", true, |c, ctx| c.wait_process(ctx, &req)).map_err(|e| agent_message(&e))
+        client.wait_process(id, exec_id).map_err(|e| agent_message(&e))
     }
 
     /// The VMM's host PID (what containerd sees as the sandbox's pid).

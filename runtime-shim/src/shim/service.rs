@@ -25,7 +25,7 @@ use kata_like_protocol::{AgentClient, AgentClientError};
 use tokio::sync::watch;
 
 use super::io::{ProcessIo, SharedIo, StdioPaths};
-use super::sandbox::{container_req, guest_spec, BootOptions, Sandbox};
+use super::sandbox::{guest_spec, BootOptions, Sandbox};
 use super::{metrics, options, pod, rootfs, volumes};
 use crate::config::RuntimeConfig;
 use serde_json::Value;
@@ -514,10 +514,7 @@ impl Task for Service {
             ereq.exec_id = exec_id;
             ereq.process_json = p.spec.clone();
             ereq.stdio = protobuf::MessageField::some(p.stdio.agent_stdio());
-            sb.client()
-                .call("ExecProcess", false, |c, ctx| c.exec_process(ctx, &ereq))
-                .map(|r| r.pid)
-                .map_err(|e| agent_message(&e))
+            sb.client().exec_process(&ereq).map_err(|e| agent_message(&e))
         })
         .await?
         .map_err(|e| err(Code::FAILED_PRECONDITION, e))?;
@@ -573,7 +570,7 @@ impl Task for Service {
         } else {
             let removed = self.agent_call({
                 let id = req.id.clone();
-                move |c| c.call("RemoveContainer", false, |a, ctx| a.remove_container(ctx, &container_req(&id)))
+                move |c| c.remove_container(&id)
             });
             if let Err(e) = removed.await {
                 log::warn!("remove {} in the guest: {e:?}", req.id);
@@ -656,8 +653,7 @@ impl Task for Service {
             return Ok(api::PidsResponse { processes: vec![info], ..Default::default() });
         }
         let id = req.id.clone();
-        let pids =
-            self.agent_call(move |c| c.call("ListPids", false, |a, ctx| a.list_pids(ctx, &container_req(&id)))).await?;
+        let pids = self.agent_call(move |c| c.list_pids(&id)).await?;
         let processes = pids
             .pids
             .iter()
@@ -668,8 +664,7 @@ impl Task for Service {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call(move |c| c.call("PauseContainer", false, |a, ctx| a.pause_container(ctx, &container_req(&id))))
-            .await?;
+        self.agent_call(move |c| c.pause_container(&id)).await?;
         self.update_proc(&req.id, "", |p| p.status = Status::PAUSED);
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
@@ -679,10 +674,7 @@ impl Task for Service {
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
-        self.agent_call(move |c| {
-            c.call("ResumeContainer", false, |a, ctx| a.resume_container(ctx, &container_req(&id)))
-        })
-        .await?;
+        self.agent_call(move |c| c.resume_container(&id)).await?;
         self.update_proc(&req.id, "", |p| p.status = Status::RUNNING);
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
@@ -730,7 +722,7 @@ impl Task for Service {
         let mut ureq = UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources_json = req.resources.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        self.agent_call(move |c| c.call("UpdateContainer", false, |a, ctx| a.update_container(ctx, &ureq))).await?;
+        self.agent_call(move |c| c.update_container(&ureq)).await?;
         Ok(api::Empty::new())
     }
 
@@ -749,9 +741,7 @@ impl Task for Service {
             ));
         }
         let id = req.id.clone();
-        let stats = self
-            .agent_call(move |c| c.call("StatsContainer", false, |a, ctx| a.stats_container(ctx, &container_req(&id))))
-            .await?;
+        let stats = self.agent_call(move |c| c.stats_container(&id)).await?;
         let any = metrics::to_any(&stats).map_err(|e| err(Code::INTERNAL, e))?;
         Ok(api::StatsResponse { stats: protobuf::MessageField::some(any), ..Default::default() })
     }

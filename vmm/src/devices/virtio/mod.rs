@@ -14,6 +14,8 @@
 pub mod fs;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub mod test_chains;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

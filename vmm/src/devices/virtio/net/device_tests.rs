@@ -4,11 +4,11 @@
 use std::os::unix::net::UnixDatagram;
 
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::devices::virtio::test_chains::{chain, used};
 
 const MAC: [u8; 6] = [0x02, 0, 0x0a, 0x58, 0, 0x2f];
 const BUFFERS: u64 = 0x10_0000;
@@ -80,28 +80,6 @@ impl<'a> Rig<'a> {
     fn tx_used(&self) -> Vec<(u32, u32)> {
         used(&self.txq)
     }
-}
-
-fn chain(parts: &[(u64, u32)], flags: u16, first: u16) -> Vec<RawDescriptor> {
-    let last = parts.len() - 1;
-    parts
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, len))| {
-            let next = if i < last { virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16 } else { 0 };
-            RawDescriptor::from(SplitDescriptor::new(addr, len, flags | next, first + i as u16 + 1))
-        })
-        .collect()
-}
-
-fn used(q: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
-    let n = q.used().idx().load();
-    (0..n)
-        .map(|i| {
-            let elem = q.used().ring().ref_at(usize::from(i)).expect("used elem").load();
-            (elem.id(), elem.len())
-        })
-        .collect()
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {

@@ -6,12 +6,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::virtio::test_chains::chain;
 use crate::devices::virtio::vsock::packet::PKT_HEADER_SIZE;
 use crate::devices::virtio::vsock::{op, PktHeader, HOST_CID, TYPE_STREAM};
 
@@ -73,18 +73,6 @@ impl<'a> Rig<'a> {
             .collect()
     }
 
-    fn descs(parts: &[(u64, u32)], flags: u16, first: u16) -> Vec<RawDescriptor> {
-        let last = parts.len() - 1;
-        parts
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len))| {
-                let next = if i < last { VRING_DESC_F_NEXT as u16 } else { 0 };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags | next, first + i as u16 + 1))
-            })
-            .collect()
-    }
-
     /// The guest sends `header` and `payload` laid out over descriptors of
     /// `sizes` bytes.
     fn send(&mut self, header: PktHeader, payload: &[u8], sizes: &[u32]) {
@@ -99,7 +87,7 @@ impl<'a> Rig<'a> {
             }
             offset += size as usize;
         }
-        let descs = Self::descs(&parts, 0, self.tx_descs);
+        let descs = chain(&parts, 0, self.tx_descs);
         self.txq.add_desc_chains(&descs, self.tx_descs).expect("post tx");
         self.tx_descs += parts.len() as u16;
         self.vsock.process_tx();
@@ -108,7 +96,7 @@ impl<'a> Rig<'a> {
     /// The guest posts an RX chain of writable descriptors of `sizes` bytes.
     fn post_rx(&mut self, sizes: &[u32]) {
         let parts = self.place(sizes);
-        let descs = Self::descs(&parts, VRING_DESC_F_WRITE as u16, self.rx_descs);
+        let descs = chain(&parts, VRING_DESC_F_WRITE as u16, self.rx_descs);
         self.rxq.add_desc_chains(&descs, self.rx_descs).expect("post rx");
         self.rx_chains.push((self.rx_descs, parts.clone()));
         self.rx_descs += parts.len() as u16;
