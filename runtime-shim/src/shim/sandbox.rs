@@ -14,7 +14,7 @@ use kata_like_protocol::{AgentClient, INIT_EXEC_ID};
 
 use super::io::{ProcessIo, StdioPaths};
 use super::rootfs;
-use super::service::agent_message;
+use super::rpc::agent_message;
 use crate::config::RuntimeConfig;
 use crate::sandbox::{NetDevice, SandboxVm, VmSpec};
 use crate::virtiofsd::SharedFs;
@@ -189,13 +189,11 @@ impl Sandbox {
         req.entropy = random_bytes(256);
         req.realtime_ns = crate::sandbox::realtime_ns();
         req.shared_fs_tag = SHARED_TAG.into();
-        client
-            .setup_sandbox(&req)
-            .map_err(|e| format!("guest set-up failed: {}", super::service::agent_message(&e)))?;
+        client.setup_sandbox(&req).map_err(|e| format!("guest set-up failed: {}", agent_message(&e)))?;
         if let Some((_, net_req)) = &network {
             client
                 .configure_network(net_req)
-                .map_err(|e| format!("guest network set-up failed: {}", super::service::agent_message(&e)))?;
+                .map_err(|e| format!("guest network set-up failed: {}", agent_message(&e)))?;
         }
         if let Some(listener) = forward {
             crate::network::forward::serve(listener, uds.clone());

@@ -379,7 +379,7 @@ pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), S
         .map_err(|e| StandaloneError::Failed(format!("cannot reach the agent of {id}: {e}")))?;
     client
         .signal_process(id, "", signal as u32, all)
-        .map_err(|e| StandaloneError::Failed(crate::shim::service::agent_message(&e)))
+        .map_err(|e| StandaloneError::Failed(crate::shim::rpc::agent_message(&e)))
 }
 
 /// `kata-like delete`: removes a stopped container's record; with `force`
