@@ -8,24 +8,23 @@ use std::time::Duration;
 use test_infra::containerd::{Containerd, IMAGE, IMAGE_USER, RUNTIME};
 
 fn setup(test: &str) -> Option<Containerd> {
-    test_infra::vm_test(test)?;
-    if let Some(reason) = test_infra::containerd::unavailable() {
-        test_infra::skip(test, &reason);
-        return None;
-    }
-    Some(Containerd::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+    setup_with(test, "")
 }
 
 /// [`setup`] with sandboxes restored from the suite's VM template (tests
 /// that are not about booting).
 fn setup_templated(test: &str) -> Option<Containerd> {
+    setup_with(test, &test_infra::containerd::templated_runtime_config())
+}
+
+/// A private containerd whose kata-like runtime config has `extra` lines.
+fn setup_with(test: &str, extra: &str) -> Option<Containerd> {
     test_infra::vm_test(test)?;
     if let Some(reason) = test_infra::containerd::unavailable() {
         test_infra::skip(test, &reason);
         return None;
     }
-    let config = test_infra::containerd::templated_runtime_config();
-    Some(Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{test}: {e}")))
+    Some(Containerd::start_with_runtime_config(extra).unwrap_or_else(|e| panic!("{test}: {e}")))
 }
 
 fn assert_clean(c: &Containerd) {
@@ -188,11 +187,7 @@ fn exec_pids_pause_resume_stats_and_signals() {
     assert_eq!(status.code(), Some(137), "SIGKILLed exec exits 128+9");
     // --all: every process of the container (the shell and its sleep).
     ok(&c, &["task", "kill", "--all", "--signal", "SIGTERM", id]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while task_status(&c, id) != "STOPPED" {
-        assert!(std::time::Instant::now() < deadline, "task did not stop after SIGTERM\n{}", c.log_tail());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_status(&c, id, "STOPPED", Duration::from_secs(60));
     assert_eq!(deleted_exit_code(&c, id), Some(42), "the trap's exit status");
     ok(&c, &["container", "delete", id]);
     assert_clean(&c);

@@ -82,6 +82,13 @@ fn targets() -> Vec<Target> {
     }
 }
 
+/// `KATA_LIKE_FAULT_SEED` (to replay a run), else one from the clock.
+fn seed() -> u64 {
+    std::env::var("KATA_LIKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+    })
+}
+
 fn iterations() -> usize {
     std::env::var("KATA_LIKE_FAULT_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
 }
@@ -277,9 +284,7 @@ fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Resu
 #[ignore = "boots hundreds of microVMs (from a template) through containerd"]
 fn kills_at_random_points_leave_nothing_behind() {
     let Some(c) = setup("kills_at_random_points_leave_nothing_behind") else { return };
-    let seed = std::env::var("KATA_LIKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
-    });
+    let seed = seed();
     let per_target = iterations();
     eprintln!("fault injection: seed {seed}, {per_target} kills per target (replay: KATA_LIKE_FAULT_SEED={seed})");
     // The template is built once, before the clock of any kill starts.
@@ -352,9 +357,7 @@ fn kills_at_random_points_leave_nothing_behind() {
 #[ignore = "boots microVMs (from a template) through containerd"]
 fn containerd_killed_at_random_points_leaves_nothing_behind() {
     let Some(mut c) = setup("containerd_killed_at_random_points_leaves_nothing_behind") else { return };
-    let seed = std::env::var("KATA_LIKE_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
-    });
+    let seed = seed();
     let lives = (iterations() / 5).max(2);
     eprintln!("containerd kills: seed {seed}, {lives} lives (replay: KATA_LIKE_FAULT_SEED={seed})");
     let (out, err, code) = c.run("cfault-warmup", &[], &["true"]);

@@ -14,26 +14,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::bootstrap::{identity, ADDRESS_FILE, CONTAINERD_ENV};
+use super::bootstrap::{all_pids, identity, stat_fields, ADDRESS_FILE, CONTAINERD_ENV};
 
 /// Whether the process `ident` (from [`identity`]) still runs (a zombie
 /// does not).
 fn alive(ident: &str) -> bool {
     let Some(pid) = ident.split(':').next().and_then(|p| p.parse::<u32>().ok()) else { return true };
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false);
+    let zombie = stat_fields(pid).is_some_and(|f| f.first().is_some_and(|state| state == "Z"));
     !zombie && identity(pid).as_deref() == Some(ident)
 }
 
 fn recorded() -> Option<String> {
     std::env::var(CONTAINERD_ENV).ok().filter(|v| v.contains(':'))
-}
-
-/// Whether the containerd that started this shim is known to be gone.
-pub fn containerd_dead() -> bool {
-    recorded().is_some_and(|ident| !alive(&ident))
 }
 
 /// Resolves once the containerd that started this shim is gone; never if
@@ -78,15 +70,18 @@ pub fn after_first_create<T, E>(
     if !first {
         return created;
     }
+    // Nothing to watch when no containerd was recorded (started by hand).
+    let Some(containerd) = recorded() else { return created };
     let (id, bundle) = (id.to_string(), std::path::PathBuf::from(bundle));
     tokio::spawn(async move {
-        tokio::select! {
-            () = containerd_gone() => {
-                if !claimed(&id) && alone() {
+        while !claimed(&id) {
+            if !alive(&containerd) {
+                if alone() {
                     abandon(&id, &bundle);
                 }
+                return;
             }
-            () = async { while !claimed(&id) { tokio::time::sleep(Duration::from_millis(500)).await } } => {}
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
     created
@@ -98,17 +93,9 @@ pub fn after_first_create<T, E>(
 pub fn abandon(id: &str, bundle: &Path) -> ! {
     log::warn!("containerd died while creating {id}; nobody will delete it: ending the sandbox");
     let me = std::process::id();
-    let children: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect())
-        .unwrap_or_default();
-    let children: Vec<u32> = children
+    let children: Vec<u32> = all_pids()
         .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<u32>().ok())
-                == Some(me)
-        })
+        .filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(me))
         .collect();
     for pid in &children {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);

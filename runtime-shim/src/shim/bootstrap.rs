@@ -309,14 +309,25 @@ fn start(flags: &Flags) -> Result<Vec<u8>, BootstrapError> {
 /// Environment variable carrying `pid:starttime` of containerd.
 pub const CONTAINERD_ENV: &str = "KATA_LIKE_CONTAINERD";
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces): `[0]` is the state (field 3), `[1]` the parent pid, `[19]` the
+/// start time (field 22).
+pub(super) fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_string).collect())
+}
+
+/// The pids of every process on the host.
+pub(super) fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 /// `pid:starttime` of process `pid` (start time in clock ticks since boot,
 /// so a reused pid is not mistaken for it), if it exists.
 pub fn identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is
-    // field 3, starttime field 22.
-    let rest = stat.rsplit_once(')')?.1;
-    let starttime = rest.split_whitespace().nth(19)?;
+    let starttime = stat_fields(pid)?.into_iter().nth(19)?;
     Some(format!("{pid}:{starttime}"))
 }
 
@@ -335,7 +346,7 @@ pub fn live_server(bundle: &Path, id: &str) -> Option<u32> {
     let address = address.trim().to_string();
     let exe = std::env::current_exe().ok()?;
     let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).find(|&pid| {
+    all_pids().into_iter().find(|&pid| {
         if pid == me || std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() != Some(&exe) {
             return false;
         }
