@@ -85,9 +85,11 @@ fn check_kvm() -> Vec<Finding> {
     let kind = kvm_kind(&cpuinfo, Path::new("/sys/module/kvm_pvm").exists());
     let mut out =
         vec![Finding::new(Status::Pass, WHAT, format!("usable, API {}; KVM is {kind}", kvm.get_api_version()), None)];
-    out.push(match kata_like_vmm::builder::check_kvm(&kvm) {
-        Ok(()) => Finding::new(Status::Pass, "KVM capabilities", "IRQ chip, PIT, irqfd, ioeventfd, user memory", None),
-        Err(e) => Finding::new(Status::Fail, "KVM capabilities", e.to_string(), Some("use a newer host kernel")),
+    out.push(match kata_like_vmm_contract::kvm::missing_capability(&kvm) {
+        None => Finding::new(Status::Pass, "KVM capabilities", "IRQ chip, PIT, irqfd, ioeventfd, user memory", None),
+        Some(name) => {
+            Finding::new(Status::Fail, "KVM capabilities", format!("KVM lacks {name}"), Some("use a newer host kernel"))
+        }
     });
     out
 }

@@ -13,6 +13,16 @@ use serde::Deserialize;
 /// Where the configuration is read from by default.
 pub const DEFAULT_PATH: &str = "/etc/kata-like/configuration.toml";
 
+/// The user and group a jailed VMM runs as unless configured: a dedicated
+/// id far from those of users, services and user-namespace ranges.
+pub const DEFAULT_JAIL_ID: u32 = 2_147_483_646;
+
+/// Our own VM-size annotations, honoured only when the configuration lists
+/// them in `enable_annotations`.
+pub const VM_MEMORY_ANNOTATION: &str = "io.kata-like.vm.memory_mib";
+/// See [`VM_MEMORY_ANNOTATION`].
+pub const VM_VCPUS_ANNOTATION: &str = "io.kata-like.vm.vcpus";
+
 /// The configuration.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -101,10 +111,10 @@ impl Default for RuntimeConfig {
             vm_templates: false,
             template_dir: None,
             jail: true,
-            jail_uid: crate::sandbox::DEFAULT_JAIL_ID,
-            jail_gid: crate::sandbox::DEFAULT_JAIL_ID,
+            jail_uid: DEFAULT_JAIL_ID,
+            jail_gid: DEFAULT_JAIL_ID,
             vmm_seccomp: "trap".into(),
-            console_limit_bytes: kata_like_vmm::devices::serial::DEFAULT_FILE_LIMIT,
+            console_limit_bytes: kata_like_vmm_contract::args::DEFAULT_SERIAL_LIMIT,
         }
     }
 }
@@ -163,7 +173,7 @@ impl RuntimeConfig {
             ));
         }
         for a in &self.enable_annotations {
-            if a != crate::shim::pod::VM_MEMORY_ANNOTATION && a != crate::shim::pod::VM_VCPUS_ANNOTATION {
+            if a != VM_MEMORY_ANNOTATION && a != VM_VCPUS_ANNOTATION {
                 return Err(format!("enable_annotations: unknown annotation {a:?}"));
             }
         }
@@ -189,22 +199,6 @@ impl RuntimeConfig {
             return Err("jail_uid and jail_gid must not be 0: a jailed VMM runs unprivileged".into());
         }
         Ok(())
-    }
-
-    /// How sandbox VMMs are confined under this configuration: jailed when
-    /// `jail` is set and we are root (without root there is nothing to
-    /// drop, and the namespaces cannot be made).
-    pub fn confinement(&self) -> crate::sandbox::Confinement {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        if self.jail && !root {
-            log::warn!("jail = true needs root; the VMM runs unjailed (seccomp filters still apply)");
-        }
-        crate::sandbox::Confinement {
-            jail: (self.jail && root).then_some((self.jail_uid, self.jail_gid)),
-            seccomp: crate::sandbox::seccomp_override().unwrap_or_else(|| self.vmm_seccomp.clone()),
-            console_limit: Some(self.console_limit_bytes),
-        }
     }
 
     /// The boot timeout.

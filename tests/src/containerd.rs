@@ -260,7 +260,7 @@ impl Containerd {
 
     /// The last lines of containerd's log.
     pub fn log_tail(&self) -> String {
-        kata_like_runtime::sandbox::tail(&self.log_path(), 30)
+        kata_like_runtime::vm::tail(&self.log_path(), 30)
     }
 
     /// The lines of containerd's log (shims' included) containing `needle`.

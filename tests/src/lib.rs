@@ -22,7 +22,7 @@ pub mod cri_stream;
 pub mod sandbox;
 
 use kata_like_runtime::artifacts;
-use kata_like_runtime::sandbox::VmSpec;
+use kata_like_runtime::vm::VmSpec;
 
 /// The paths a VM test needs.
 #[derive(Clone, Debug)]
@@ -95,7 +95,7 @@ impl Artifacts {
             net: None,
             cgroup: None,
             restore_from: None,
-            confinement: kata_like_runtime::sandbox::Confinement::default_for_this_process(),
+            confinement: kata_like_runtime::vm::Confinement::default_for_this_process(),
         }
     }
 }

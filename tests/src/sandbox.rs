@@ -4,12 +4,12 @@
 //! restore (seconds here) instead of a cold boot (tens of seconds). The
 //! first test to ask builds the template (one cold boot); templates are
 //! keyed by the VMM, kernel and initramfs, so a rebuilt artefact gets a
-//! new one (`kata_like_runtime::template`).
+//! new one (`kata_like_runtime::sandbox::template`).
 
 use std::path::PathBuf;
 
 use kata_like_runtime::config::RuntimeConfig;
-use kata_like_runtime::shim::sandbox::{BootOptions, Sandbox};
+use kata_like_runtime::sandbox::{BootOptions, Sandbox};
 
 use crate::Artifacts;
 
@@ -57,8 +57,15 @@ impl TestSandbox {
     pub fn start(artifacts: &Artifacts, id: &str) -> Result<TestSandbox, String> {
         let state_root = tempfile::Builder::new().prefix("kl-sb-").tempdir().map_err(|e| e.to_string())?;
         let config = runtime_config(artifacts, state_root.path().to_path_buf());
-        let (state, shared) = Sandbox::prepare(&config, id)?;
-        let sandbox = Sandbox::boot(&config, state, shared, BootOptions::default())?;
+        let opts = BootOptions {
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            netns: None,
+            setup: Default::default(),
+            cgroups_path: String::new(),
+            boot_slots: None,
+        };
+        let sandbox = Sandbox::start(&config, id, opts, None).map_err(|e| e.to_string())?;
         Ok(TestSandbox { sandbox, config, _state_root: state_root })
     }
 }

@@ -177,7 +177,7 @@ fn kill(c: &Containerd, id: &str, target: Target) -> bool {
         Target::Shim => shim_pids(id),
         Target::Vmm => test_infra::processes_of("kata-like-vmm", &[&state]),
         Target::Virtiofsd => test_infra::processes_of("virtiofsd", &[&state]),
-        Target::Agent => return kill_agent(&kata_like_runtime::sandbox::vsock_path(&state_dir(c, id))),
+        Target::Agent => return kill_agent(&kata_like_runtime::vm::vsock_path(&state_dir(c, id))),
     };
     for pid in &pids {
         // SAFETY: kill(2) on a process of this test's private containerd.
@@ -407,7 +407,7 @@ fn containerd_killed_at_random_points_leaves_nothing_behind() {
 /// Runs `script` as root in the guest of container `id` (outside the
 /// container), through its agent.
 fn in_guest(c: &Containerd, id: &str, script: &str, timeout: Duration) -> Result<String, String> {
-    let uds = kata_like_runtime::sandbox::vsock_path(&state_dir(c, id));
+    let uds = kata_like_runtime::vm::vsock_path(&state_dir(c, id));
     let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;
     client
         .run_process(&shell(script, timeout))
@@ -454,12 +454,12 @@ fn a_guest_panic_a_console_flood_and_an_oom_are_contained() {
     // A console flood: the console file stays within its cap while the
     // agent keeps answering, and the container goes on.
     start_detached(&c, "flood");
-    let console = kata_like_runtime::sandbox::console_path(&state_dir(&c, "flood"));
+    let console = kata_like_runtime::vm::console_path(&state_dir(&c, "flood"));
     let flood =
         "i=0; while [ $i -lt 4000 ]; do echo flooding-the-console-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; \
                  i=$((i+1)); done > /dev/console";
     let flooding = {
-        let uds = kata_like_runtime::sandbox::vsock_path(&state_dir(&c, "flood"));
+        let uds = kata_like_runtime::vm::vsock_path(&state_dir(&c, "flood"));
         let flood = flood.to_string();
         std::thread::spawn(move || {
             let client = AgentClient::connect(&uds, Duration::from_secs(60)).map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kata_like_protocol::agent::{CreateContainerRequest, RunProcessRequest};
 use kata_like_protocol::{hybrid_vsock, ttrpc, AgentClient, AgentClientError, AGENT_VSOCK_PORT};
-use kata_like_runtime::sandbox::SandboxVm;
+use kata_like_runtime::vm::SandboxVm;
 use test_infra::vm_test;
 
 const SERVICE: &str = "katalike.agent.v1.AgentService";

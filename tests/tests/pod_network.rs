@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kata_like_protocol::agent::RunProcessRequest;
 use kata_like_runtime::network::{self, IpNet, TAP_NAME};
-use kata_like_runtime::sandbox::{NetDevice, SandboxVm};
+use kata_like_runtime::vm::{NetDevice, SandboxVm};
 use test_infra::{ip, skip, vm_test};
 
 /// A named network namespace with a veth into it, removed on drop.

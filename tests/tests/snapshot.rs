@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
+use kata_like_runtime::vm::{SandboxVm, VmSpec};
 use test_infra::vm_test;
 
 fn sh(vm: &SandboxVm, script: &str) -> String {

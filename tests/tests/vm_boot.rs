@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::RunProcessRequest;
-use kata_like_runtime::sandbox::{SandboxError, SandboxVm};
+use kata_like_runtime::vm::{SandboxError, SandboxVm};
 use test_infra::{expected_kernel_suffix, host_is_nested_pvm, vm_test, vmm_processes_with};
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -21,7 +21,7 @@ fn ok<T, E: std::fmt::Display>(vm: &SandboxVm, what: &str, result: Result<T, E>)
     result.unwrap_or_else(|e| {
         let console = vm.console();
         let console: Vec<&str> = console.lines().collect();
-        let vmm_log = kata_like_runtime::sandbox::tail(&vm.state_dir().join("vmm.log"), 30);
+        let vmm_log = kata_like_runtime::vm::tail(&vm.state_dir().join("vmm.log"), 30);
         panic!(
             "{what}: {e}\n--- guest console (tail) ---\n{}\n--- VMM log (tail) ---\n{vmm_log}",
             console[console.len().saturating_sub(30)..].join("\n")

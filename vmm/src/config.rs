@@ -61,69 +61,7 @@ pub struct VsockConfig {
     pub guest_cid: u64,
 }
 
-/// A virtio-fs device served by a virtiofsd listening on `socket`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// The mount tag the guest uses (`mount -t virtiofs TAG DIR`).
-    pub tag: String,
-    /// virtiofsd's vhost-user socket (`virtiofsd --socket-path`).
-    pub socket: PathBuf,
-}
-
-impl std::str::FromStr for FsConfig {
-    type Err = String;
-
-    /// Parses `TAG=SOCKET` (the VMM's `--fs` flag).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tag, socket) = s.split_once('=').ok_or_else(|| format!("--fs {s:?}: expected TAG=SOCKET"))?;
-        Ok(FsConfig { tag: tag.to_string(), socket: socket.into() })
-    }
-}
-
-/// A virtio-net device on a tap: either a tap interface opened by name in
-/// the VMM's network namespace, or an inherited descriptor of a tap the
-/// parent opened (in a pod's namespace).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetConfig {
-    /// Tap interface name.
-    #[serde(default)]
-    pub tap: Option<String>,
-    /// Inherited tap descriptor (opened with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
-    #[serde(default)]
-    pub tap_fd: Option<i32>,
-    /// The guest NIC's MAC address, `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-    /// The MTU the guest is told (default 1500).
-    #[serde(default)]
-    pub mtu: Option<u16>,
-}
-
-impl std::str::FromStr for NetConfig {
-    type Err = String;
-
-    /// Parses `tap=NAME,mac=MAC[,mtu=N]` or `fd=N,mac=MAC[,mtu=N]` (the
-    /// VMM's `--net` flag).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut net = NetConfig { tap: None, tap_fd: None, mac: String::new(), mtu: None };
-        for part in s.split(',') {
-            let (key, value) = part.split_once('=').ok_or_else(|| format!("--net {s:?}: {part:?} is not KEY=VALUE"))?;
-            match key {
-                "tap" => net.tap = Some(value.to_string()),
-                "fd" => {
-                    net.tap_fd = Some(value.parse().map_err(|_| format!("--net {s:?}: fd {value:?} is not a number"))?)
-                }
-                "mac" => net.mac = value.to_string(),
-                "mtu" => {
-                    net.mtu = Some(value.parse().map_err(|_| format!("--net {s:?}: mtu {value:?} is not a number"))?)
-                }
-                _ => return Err(format!("--net {s:?}: unknown key {key:?} (tap, fd, mac, mtu)")),
-            }
-        }
-        Ok(net)
-    }
-}
+pub use kata_like_vmm_contract::{FsConfig, NetConfig};
 
 fn default_cid() -> u64 {
     DEFAULT_GUEST_CID

@@ -56,6 +56,12 @@ impl AgentClientError {
             _ => None,
         }
     }
+
+    /// What to tell a user: the agent's own message when it refused the
+    /// request (without ttrpc's wrapping), else the transport failure.
+    pub fn message(&self) -> String {
+        self.agent_status().map_or_else(|| self.to_string(), |status| status.message.clone())
+    }
 }
 
 /// A connected agent client.

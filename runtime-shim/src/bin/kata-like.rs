@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
-use kata_like_runtime::{artifacts, standalone, template};
+use kata_like_runtime::sandbox::template;
+use kata_like_runtime::vm::{SandboxVm, VmSpec};
+use kata_like_runtime::{artifacts, standalone};
 
 #[derive(Debug, Parser)]
 #[command(name = "kata-like", version, about = "kata-like: microVM-isolated sandboxes")]
@@ -199,7 +200,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         net: None,
         cgroup: None,
         restore_from: None,
-        confinement: kata_like_runtime::sandbox::Confinement::default_for_this_process(),
+        confinement: kata_like_runtime::vm::Confinement::default_for_this_process(),
     };
     let vm = SandboxVm::start(&spec)?;
     if args.timing {

@@ -50,7 +50,7 @@ pub fn listen_here() -> Result<TcpListener, String> {
     ];
     let mut iptables = std::process::Command::new("iptables");
     iptables.args(args);
-    let out = crate::child::output(iptables).map_err(|e| format!("iptables: {e}"))?;
+    let out = crate::vm::child::output(iptables).map_err(|e| format!("iptables: {e}"))?;
     if !out.status.success() {
         return Err(format!("iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }

@@ -180,7 +180,7 @@ pub enum NetworkError {
     },
     /// The tap cannot be created.
     #[error("creating tap {TAP_NAME}: {0}")]
-    Tap(#[from] kata_like_vmm::devices::virtio::net::TapError),
+    Tap(#[from] kata_like_vmm_contract::tap::TapError),
     /// Anything else, named.
     #[error("{0}")]
     Other(String),

@@ -106,7 +106,7 @@ pub fn abandon(id: &str, bundle: &Path) -> ! {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    super::sandbox::cleanup_after_crash(id, bundle);
+    crate::sandbox::cleanup_after_crash(id, bundle);
     if let Ok(address) = std::fs::read_to_string(bundle.join(ADDRESS_FILE)) {
         let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
     }

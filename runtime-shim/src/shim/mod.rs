@@ -4,25 +4,22 @@
 //! * [`bootstrap`]: `start` in every protocol containerd speaks, `-info`.
 //! * [`abandon`]: a first create whose containerd died ends the sandbox.
 //! * [`service`]: the Task service (containerd → shim → agent).
-//! * [`sandbox`]: the sandbox VM of this shim, created with the first
-//!   container and stopped with the last.
-//! * [`io`]: stdio between containerd's FIFOs and the guest.
-//! * [`rootfs`]: rootfs mounts and the directory shared over virtio-fs.
+//! * [`bundle`]: containerd's rootfs mounts on the bundle.
 //! * [`options`]: containerd's runtime options (`ConfigPath`).
-//! * [`pod`]: CRI pods (sandbox container, namespaces, VM size).
-//! * [`volumes`]: the spec's host bind mounts, shared into the guest.
+//! * [`metrics`]: container stats as containerd's cgroup metrics.
+//! * [`rpc`]: ttrpc errors (the core's errors mapped once), timestamps.
+//!
+//! The sandbox VM of this shim (created with the first container and
+//! stopped with the last), its containers and their stdio are the sandbox
+//! core's (`crate::sandbox`); this module only speaks containerd.
 
 pub mod abandon;
 pub mod bootstrap;
-pub mod io;
+pub mod bundle;
 pub mod metrics;
 pub mod options;
-pub mod pod;
-pub mod rootfs;
 pub mod rpc;
-pub mod sandbox;
 pub mod service;
-pub mod volumes;
 
 use std::sync::Arc;
 
@@ -95,7 +92,7 @@ impl Shim for KataShim {
         if let Some(pid) = bootstrap::live_server(&bundle, &self.id) {
             end_server(pid).await;
         }
-        sandbox::cleanup_after_crash(&self.id, &bundle);
+        crate::sandbox::cleanup_after_crash(&self.id, &bundle);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;
         resp.exited_at = protobuf::MessageField::some(containerd_shim::util::timestamp().unwrap_or_default());
@@ -158,7 +155,7 @@ async fn end_server(pid: u32) {
 }
 
 /// The shim crate's SIGCHLD handler reaps every child of the process; the
-/// exits it publishes go to [`crate::child`], where waits on our own
+/// exits it publishes go to `crate::vm::child`, where waits on our own
 /// children (VMM, virtiofsd, iptables) find them. Subscribed before the
 /// task service starts, so before any child exists.
 async fn collect_reaped_exits() {
@@ -168,7 +165,7 @@ async fn collect_reaped_exits() {
                 while let Some(event) = sub.rx.recv().await {
                     if let Subject::Pid(pid) = event.subject {
                         if let Ok(pid) = u32::try_from(pid) {
-                            crate::child::record_reaped(pid, event.exit_code);
+                            crate::vm::child::record_reaped(pid, event.exit_code);
                         }
                     }
                 }

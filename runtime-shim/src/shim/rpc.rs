@@ -1,5 +1,6 @@
-//! Small helpers of the Task service: ttrpc errors from codes and agent
-//! failures, timestamps, and running blocking agent calls.
+//! Small helpers of the Task service: the core's errors and agent failures
+//! as ttrpc errors (mapped here, once), timestamps, and running blocking
+//! core calls.
 
 use containerd_shim::protos::protobuf;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -7,10 +8,7 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::TtrpcResult;
 use kata_like_protocol::AgentClientError;
 
-/// The agent's own message of a failed RPC (not ttrpc's wrapping).
-pub fn agent_message(e: &AgentClientError) -> String {
-    e.agent_status().map_or_else(|| e.to_string(), |status| status.message.clone())
-}
+use crate::sandbox::{CoreError, Exit};
 
 /// A ttrpc status error.
 pub(super) fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -26,20 +24,37 @@ pub(super) fn agent_err(e: AgentClientError) -> ttrpc::Error {
         }
         None => Code::UNAVAILABLE,
     };
-    err(code, agent_message(&e))
+    err(code, e.message())
 }
 
-/// Now, as a protobuf timestamp.
-pub(super) fn now() -> Timestamp {
-    containerd_shim::util::timestamp().unwrap_or_default()
+/// The core's error as containerd hears it.
+pub(super) fn core_err(e: CoreError) -> ttrpc::Error {
+    let code = match &e {
+        CoreError::Invalid(_) => Code::INVALID_ARGUMENT,
+        CoreError::NotFound(_) => Code::NOT_FOUND,
+        CoreError::Exists(_) => Code::ALREADY_EXISTS,
+        CoreError::WrongState(_) => Code::FAILED_PRECONDITION,
+        CoreError::Unavailable(_) => Code::UNAVAILABLE,
+        CoreError::Failed(_) => Code::INTERNAL,
+        CoreError::Agent(_) => {
+            let CoreError::Agent(e) = e else { unreachable!() };
+            return agent_err(e);
+        }
+    };
+    err(code, e.to_string())
 }
 
 /// Nanoseconds since the epoch as a protobuf timestamp.
-pub(super) fn ts_from_ns(ns: u64) -> Timestamp {
+fn ts_from_ns(ns: u64) -> Timestamp {
     let mut t = Timestamp::new();
     t.seconds = (ns / 1_000_000_000) as i64;
     t.nanos = (ns % 1_000_000_000) as i32;
     t
+}
+
+/// An exit's time as a protobuf timestamp.
+pub(super) fn exit_ts(exit: &Exit) -> Timestamp {
+    ts_from_ns(exit.at_ns)
 }
 
 /// Runs `f` on the blocking pool.

@@ -13,41 +13,33 @@ use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
     TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
-use containerd_shim::protos::ttrpc::{self, Code};
+use containerd_shim::protos::ttrpc::Code;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, TtrpcResult};
-use kata_like_protocol::agent::{ExecProcessRequest, UpdateContainerRequest};
+use kata_like_protocol::agent::UpdateContainerRequest;
 use kata_like_protocol::{AgentClient, AgentClientError};
-use tokio::sync::watch;
 
-use super::io::{ProcessIo, SharedIo, StdioPaths};
-use super::sandbox::{guest_spec, BootOptions, Sandbox};
-use super::{metrics, options, pod, rootfs, volumes};
+use super::rpc::{agent_err, blocking, core_err, err, exit_ts};
+use super::{bundle, metrics, options};
 use crate::config::RuntimeConfig;
-use serde_json::Value;
+use crate::sandbox::io::{SharedIo, StdioPaths};
+use crate::sandbox::pod::Kind;
+use crate::sandbox::{ContainerSpec, CoreError, Exit, Lifecycle, Sandbox, TaskStatus};
 
 /// Exit status reported when the VM died under a process.
 pub const VM_GONE_STATUS: u32 = 255;
 /// How long output may keep flowing after a process exits.
-use super::rpc::{agent_err, blocking, err, now, ts_from_ns};
-
 const OUTPUT_GRACE: Duration = Duration::from_secs(5);
-
-pub use super::rpc::agent_message;
-
-type Exit = Option<(u32, Timestamp)>;
 
 #[derive(Clone, Debug)]
 struct Proc {
     pid: u32,
-    status: Status,
+    /// Its status and exit (shared by every clone).
+    task: Lifecycle,
     stdio: StdioPaths,
-    exit: watch::Receiver<Exit>,
-    exit_tx: Arc<watch::Sender<Exit>>,
     io: SharedIo,
     /// The OCI process JSON of an exec.
     spec: Vec<u8>,
@@ -55,12 +47,18 @@ struct Proc {
 
 impl Proc {
     fn new(stdio: StdioPaths, spec: Vec<u8>) -> Proc {
-        let (tx, rx) = watch::channel(None);
-        Proc { pid: 0, status: Status::CREATED, stdio, exit: rx, exit_tx: Arc::new(tx), io: Arc::default(), spec }
+        Proc { pid: 0, task: Lifecycle::created(), stdio, io: Arc::default(), spec }
     }
+}
 
-    fn exited(&self) -> Exit {
-        self.exit.borrow().clone()
+/// containerd's name for a task status.
+fn status_code(status: TaskStatus) -> Status {
+    match status {
+        TaskStatus::Creating => Status::UNKNOWN,
+        TaskStatus::Created => Status::CREATED,
+        TaskStatus::Running => Status::RUNNING,
+        TaskStatus::Paused => Status::PAUSED,
+        TaskStatus::Stopped => Status::STOPPED,
     }
 }
 
@@ -147,51 +145,20 @@ impl Service {
         first: &str,
         bundle: &Path,
         config: &RuntimeConfig,
-        spec: &Value,
-        netns: Option<PathBuf>,
+        spec: &ContainerSpec,
     ) -> TtrpcResult<Arc<Sandbox>> {
         let mut guard = self.inner.sandbox.lock().await;
         if let Some(sandbox) = guard.clone() {
             return Ok(sandbox);
         }
-        let (vcpus, memory_mib) = pod::vm_size(config, spec).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
-        let (state, shared) = Sandbox::prepare(config, first).map_err(|e| err(Code::INTERNAL, e))?;
-        Sandbox::mark_bundle(bundle, &state);
-        let setup = pod::setup_request(spec);
-        let cgroups_path = pod::cgroups_path(spec);
-        let config = config.clone();
-        let (state2, shared2) = (state.clone(), shared.clone());
-        let booted = blocking(move || -> Result<Sandbox, String> {
-            let network = match netns {
-                Some(path) => Some(crate::network::attach(&path).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            let opts = BootOptions {
-                vcpus: Some(vcpus),
-                memory_mib: Some(memory_mib),
-                network,
-                setup,
-                cgroups_path,
-                boot_slots: None,
-            };
-            Sandbox::boot(&config, state2, shared2, opts)
-        })
-        .await?;
-        match booted {
-            Ok(sandbox) => {
-                let sandbox = Arc::new(sandbox);
-                *guard = Some(sandbox.clone());
-                self.watch_sandbox(sandbox.clone());
-                Ok(sandbox)
-            }
-            Err(e) => {
-                rootfs::remove_dir_mounts(&shared);
-                if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
-                    rootfs::remove_tree(&state);
-                }
-                Err(err(Code::UNAVAILABLE, format!("cannot start the sandbox VM: {e}")))
-            }
-        }
+        let opts = spec.boot_options(config).map_err(core_err)?;
+        let (config, first, bundle) = (config.clone(), first.to_string(), bundle.to_path_buf());
+        let sandbox =
+            blocking(move || Sandbox::start(&config, &first, opts, Some(&bundle))).await?.map_err(core_err)?;
+        let sandbox = Arc::new(sandbox);
+        *guard = Some(sandbox.clone());
+        self.watch_sandbox(sandbox.clone());
+        Ok(sandbox)
     }
 
     /// CRI's sandbox container: boots the VM; nothing runs in the guest.
@@ -199,14 +166,13 @@ impl Service {
         &self,
         req: &api::CreateTaskRequest,
         config: &RuntimeConfig,
-        spec: &Value,
-        netns: Option<PathBuf>,
+        spec: &ContainerSpec,
     ) -> TtrpcResult<u32> {
         if self.inner.sandbox.lock().await.is_some() {
             return Err(err(Code::ALREADY_EXISTS, format!("sandbox {}: this shim already runs a sandbox VM", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let sandbox = self.ensure_sandbox(&req.id, &bundle, config, spec, netns).await?;
+        let sandbox = self.ensure_sandbox(&req.id, &bundle, config, spec).await?;
         let mut init = Proc::new(StdioPaths::default(), Vec::new());
         init.pid = sandbox.vmm_pid();
         let pid = init.pid;
@@ -220,67 +186,38 @@ impl Service {
         let config = RuntimeConfig::load(config_path.as_deref().map(std::path::Path::new))
             .map_err(|e| err(Code::INVALID_ARGUMENT, e.to_string()))?;
         let bundle = PathBuf::from(&req.bundle);
-        let raw = std::fs::read(bundle.join("config.json"))
-            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("{}/config.json: {e}", bundle.display())))?;
-        let (mut spec, root_path) = guest_spec(&raw).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
-        let netns = pod::network_namespace(&spec);
-        pod::adapt_namespaces(&mut spec).map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
-        if pod::kind(&spec) == pod::Kind::Sandbox {
-            return self.create_virtual_sandbox(req, &config, &spec, netns).await.map(|pid| (pid, false));
+        let spec = ContainerSpec::read(&bundle).map_err(core_err)?;
+        if spec.kind == Kind::Sandbox {
+            return self.create_virtual_sandbox(req, &config, &spec).await.map(|pid| (pid, false));
         }
-        let root = rootfs::mount_bundle_rootfs(&bundle, &req.rootfs, &root_path).map_err(|e| err(Code::INTERNAL, e))?;
+        let root = bundle::mount_rootfs(&bundle, &req.rootfs, &spec).map_err(core_err)?;
         let mounted_bundle = !req.rootfs.is_empty();
-        let undo_bundle = |shared: Option<&std::path::Path>| {
-            if let Some(shared) = shared {
-                rootfs::unshare_rootfs(shared, &req.id, &bundle, mounted_bundle);
-            } else if mounted_bundle {
-                let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-            }
-        };
-        let sandbox = match self.ensure_sandbox(&req.id, &bundle, &config, &spec, netns).await {
-            Ok(v) => v,
-            Err(e) => {
-                undo_bundle(None);
-                return Err(e);
-            }
-        };
-        let shared = rootfs::share_rootfs(sandbox.shared(), &req.id, &root)
-            .map_err(|e| err(Code::INTERNAL, e))
-            .and_then(|rel| {
-                let storages = volumes::share_mounts(&mut spec, sandbox.shared(), &req.id)
-                    .map_err(|e| err(Code::INVALID_ARGUMENT, e))?;
-                let json = serde_json::to_vec(&spec).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-                Ok((rel, storages, json))
-            });
-        let (rel, storages, spec_json) = match shared {
-            Ok(v) => v,
-            Err(e) => {
-                undo_bundle(Some(sandbox.shared()));
-                if self.containers().is_empty() {
-                    self.destroy_sandbox().await;
-                }
-                return Err(e);
-            }
-        };
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let mut proc = Proc::new(stdio.clone(), Vec::new());
-        let (id, sb, st) = (req.id.clone(), sandbox.clone(), stdio.clone());
-        let result = blocking(move || sb.create_container(&id, spec_json, rel, storages, &st)).await?;
-        let (pid, io) = match result {
+        let added = match self.ensure_sandbox(&req.id, &bundle, &config, &spec).await {
+            Ok(sandbox) => {
+                let (id, st) = (req.id.clone(), stdio.clone());
+                blocking(move || sandbox.add_container(&id, &spec, &root, &st)).await?.map_err(core_err)
+            }
+            Err(e) => Err(e),
+        };
+        let (pid, io) = match added {
             Ok(v) => v,
             Err(e) => {
-                undo_bundle(Some(sandbox.shared()));
+                if mounted_bundle {
+                    bundle::unmount_rootfs(&bundle);
+                }
                 if self.containers().is_empty() {
                     self.destroy_sandbox().await;
                 }
-                return Err(err(Code::FAILED_PRECONDITION, e));
+                return Err(e);
             }
         };
+        let mut proc = Proc::new(stdio, Vec::new());
         proc.pid = pid;
         *proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
         let container = Container { bundle, mounted_bundle, virtual_sandbox: false, init: proc, execs: HashMap::new() };
@@ -295,18 +232,10 @@ impl Service {
     /// Records the exit of process `exec_id` of `id` and publishes it, the
     /// first time only (an agent wait and the sandbox watcher may both
     /// report a process of a VM that died).
-    async fn finish(&self, id: &str, exec_id: &str, status: u32, at: Timestamp) {
+    async fn finish(&self, id: &str, exec_id: &str, exit: Exit) {
         let Ok(proc) = self.proc(id, exec_id) else { return };
-        let first = proc.exit_tx.send_if_modified(|exit| {
-            if exit.is_some() {
-                return false;
-            }
-            *exit = Some((status, at.clone()));
-            true
-        });
-        self.update_proc(id, exec_id, |p| p.status = Status::STOPPED);
-        if first {
-            self.publish_exit(id, exec_id, proc.pid, status, at).await;
+        if proc.task.finish(exit) {
+            self.publish_exit(id, exec_id, proc.pid, exit).await;
         }
     }
 
@@ -333,11 +262,12 @@ impl Service {
                     .containers()
                     .iter()
                     .flat_map(|(id, c)| {
-                        let init = (c.virtual_sandbox || c.init.status == Status::CREATED).then_some((id, "", &c.init));
-                        let execs = c.execs.iter().filter(|(_, p)| p.status == Status::CREATED);
+                        let created = |p: &Proc| p.task.status() == TaskStatus::Created;
+                        let init = (c.virtual_sandbox || created(&c.init)).then_some((id, "", &c.init));
+                        let execs = c.execs.iter().filter(move |(_, p)| created(p));
                         init.into_iter().chain(execs.map(move |(e, p)| (id, e.as_str(), p)))
                     })
-                    .filter(|(_, _, p)| p.exited().is_none())
+                    .filter(|(_, _, p)| p.task.exit().is_none())
                     .map(|(id, exec, _)| (id.clone(), exec.to_string()))
                     .collect();
                 if !pending.is_empty() && !logged {
@@ -345,7 +275,7 @@ impl Service {
                     logged = true;
                 }
                 for (id, exec_id) in pending {
-                    service.finish(&id, &exec_id, VM_GONE_STATUS, now()).await;
+                    service.finish(&id, &exec_id, Exit::now(VM_GONE_STATUS)).await;
                 }
             }
         });
@@ -354,8 +284,9 @@ impl Service {
     /// Starts the virtual sandbox: it runs until killed or until the VM
     /// dies, which the sandbox watcher notices.
     async fn start_virtual(&self, id: &str) -> TtrpcResult<api::StartResponse> {
-        let pid = self.proc(id, "")?.pid;
-        self.update_proc(id, "", |p| p.status = Status::RUNNING);
+        let proc = self.proc(id, "")?;
+        proc.task.started();
+        let pid = proc.pid;
         let mut ev = TaskStart::new();
         ev.container_id = id.to_string();
         ev.pid = pid;
@@ -383,16 +314,16 @@ impl Service {
             let (cid, eid) = (id.clone(), exec_id.clone());
             let sb = sandbox.clone();
             let waited = blocking(move || sb.wait_process(&cid, &eid)).await;
-            let (status, at, oom) = match waited {
-                Ok(Ok(resp)) => (resp.exit_status, ts_from_ns(resp.exited_at_ns), resp.oom_killed),
-                Ok(Err(e)) | Err(ttrpc::Error::Others(e)) => {
-                    let why = sandbox.exited().unwrap_or(e);
+            let (exit, oom) = match waited {
+                Ok(Ok(resp)) => (Exit { status: resp.exit_status, at_ns: resp.exited_at_ns }, resp.oom_killed),
+                Ok(Err(e)) => {
+                    let why = sandbox.exited().unwrap_or_else(|| e.to_string());
                     log::error!("lost {id}/{exec_id}: {why}; guest console:\n{}", sandbox.console_tail());
-                    (VM_GONE_STATUS, now(), false)
+                    (Exit::now(VM_GONE_STATUS), false)
                 }
                 Err(e) => {
                     log::error!("waiting for {id}/{exec_id}: {e}");
-                    (VM_GONE_STATUS, now(), false)
+                    (Exit::now(VM_GONE_STATUS), false)
                 }
             };
             let io = proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
@@ -405,27 +336,27 @@ impl Service {
                 ev.container_id = id.clone();
                 service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(ev)).await;
             }
-            service.finish(&id, &exec_id, status, at).await;
+            service.finish(&id, &exec_id, exit).await;
         });
     }
 
     /// TaskExit of process `exec_id` ("" = init) of container `id`.
-    async fn publish_exit(&self, id: &str, exec_id: &str, pid: u32, status: u32, at: Timestamp) {
+    async fn publish_exit(&self, id: &str, exec_id: &str, pid: u32, exit: Exit) {
         let mut ev = TaskExit::new();
         ev.container_id = id.to_string();
         ev.id = if exec_id.is_empty() { id.to_string() } else { exec_id.to_string() };
         ev.pid = pid;
-        ev.exit_status = status;
-        ev.exited_at = protobuf::MessageField::some(at);
+        ev.exit_status = exit.status;
+        ev.exited_at = protobuf::MessageField::some(exit_ts(&exit));
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev)).await;
     }
 
-    async fn publish_delete(&self, id: &str, pid: u32, status: u32, at: Timestamp) {
+    async fn publish_delete(&self, id: &str, pid: u32, exit: Exit) {
         let mut ev = TaskDelete::new();
         ev.container_id = id.to_string();
         ev.pid = pid;
-        ev.exit_status = status;
-        ev.exited_at = protobuf::MessageField::some(at);
+        ev.exit_status = exit.status;
+        ev.exited_at = protobuf::MessageField::some(exit_ts(&exit));
         ev.id = id.to_string();
         self.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(ev)).await;
     }
@@ -496,36 +427,25 @@ impl Task for Service {
         super::abandon::claim(&req.id);
         let sandbox = self.sandbox().await?;
         let proc = self.proc(&req.id, &req.exec_id)?;
-        if proc.status != Status::CREATED {
-            return Err(err(Code::FAILED_PRECONDITION, format!("{} {} was already started", req.id, req.exec_id)));
-        }
+        proc.task.check_start(&format!("{} {}", req.id, req.exec_id)).map_err(core_err)?;
         if req.exec_id.is_empty() && self.is_virtual(&req.id) {
             return self.start_virtual(&req.id).await;
         }
         let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
-        let pid = blocking(move || -> Result<u32, String> {
+        let pid = blocking(move || -> Result<u32, CoreError> {
             if exec_id.is_empty() {
                 return sb.start_container(&id);
             }
-            let io = ProcessIo::connect(sb.uds(), &id, &exec_id, &p.stdio)?;
+            let (pid, io) = sb.exec_process(&id, &exec_id, p.spec.clone(), &p.stdio)?;
             *p.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
-            let mut ereq = ExecProcessRequest::new();
-            ereq.container_id = id;
-            ereq.exec_id = exec_id;
-            ereq.process_json = p.spec.clone();
-            ereq.stdio = protobuf::MessageField::some(p.stdio.agent_stdio());
-            sb.client().exec_process(&ereq).map_err(|e| agent_message(&e))
+            Ok(pid)
         })
         .await?
-        .map_err(|e| err(Code::FAILED_PRECONDITION, e))?;
-        self.update_proc(&req.id, &req.exec_id, |p| {
-            p.pid = pid;
-            // The sandbox watcher may have ended it meanwhile (the VM died
-            // while the start was in flight): it stays stopped.
-            if p.exited().is_none() {
-                p.status = Status::RUNNING;
-            }
-        });
+        .map_err(core_err)?;
+        self.update_proc(&req.id, &req.exec_id, |p| p.pid = pid);
+        // The sandbox watcher may have ended it meanwhile (the VM died while
+        // the start was in flight): then it stays stopped.
+        proc.task.started();
         let mut proc = proc;
         proc.pid = pid;
         self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
@@ -550,13 +470,8 @@ impl Task for Service {
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         super::abandon::claim(&req.id);
         let proc = self.proc(&req.id, &req.exec_id)?;
-        if proc.status == Status::RUNNING || proc.status == Status::PAUSED {
-            return Err(err(
-                Code::FAILED_PRECONDITION,
-                format!("cannot delete running task {} {}", req.id, req.exec_id),
-            ));
-        }
-        let (status, at) = proc.exited().unwrap_or((0, now()));
+        proc.task.check_delete(&format!("{} {}", req.id, req.exec_id)).map_err(core_err)?;
+        let exit = proc.task.exit().unwrap_or_else(|| Exit::now(0));
         if !req.exec_id.is_empty() {
             if let Some(c) = self.containers().get_mut(&req.id) {
                 c.execs.remove(&req.exec_id);
@@ -566,34 +481,31 @@ impl Task for Service {
             if self.containers().is_empty() {
                 self.destroy_sandbox().await;
             }
-            self.publish_delete(&req.id, proc.pid, status, at.clone()).await;
+            self.publish_delete(&req.id, proc.pid, exit).await;
         } else {
-            let removed = self.agent_call({
+            let sandbox = self.inner.sandbox.lock().await.clone();
+            if let Some(sandbox) = sandbox {
                 let id = req.id.clone();
-                move |c| c.remove_container(&id)
-            });
-            if let Err(e) = removed.await {
-                log::warn!("remove {} in the guest: {e:?}", req.id);
+                let _ = blocking(move || sandbox.remove_container(&id)).await;
             }
             let container = self.containers().remove(&req.id);
             if let Some(c) = container {
                 if let Some(mut io) = c.init.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
                     io.close_stdin();
                 }
-                let shared = self.inner.sandbox.lock().await.as_ref().map(|s| s.shared().to_path_buf());
-                if let Some(shared) = shared {
-                    rootfs::unshare_rootfs(&shared, &req.id, &c.bundle, c.mounted_bundle);
+                if c.mounted_bundle {
+                    bundle::unmount_rootfs(&c.bundle);
                 }
             }
             if self.containers().is_empty() {
                 self.destroy_sandbox().await;
             }
-            self.publish_delete(&req.id, proc.pid, status, at.clone()).await;
+            self.publish_delete(&req.id, proc.pid, exit).await;
         }
         Ok(api::DeleteResponse {
             pid: proc.pid,
-            exit_status: status,
-            exited_at: protobuf::MessageField::some(at),
+            exit_status: exit.status,
+            exited_at: protobuf::MessageField::some(exit_ts(&exit)),
             ..Default::default()
         })
     }
@@ -637,11 +549,10 @@ impl Task for Service {
             exec_id: req.exec_id.clone(),
             ..Default::default()
         };
-        resp.status = proc.status.into();
-        if let Some((status, at)) = proc.exited() {
-            resp.status = Status::STOPPED.into();
-            resp.exit_status = status;
-            resp.exited_at = protobuf::MessageField::some(at);
+        resp.status = status_code(proc.task.status()).into();
+        if let Some(exit) = proc.task.exit() {
+            resp.exit_status = exit.status;
+            resp.exited_at = protobuf::MessageField::some(exit_ts(&exit));
         }
         Ok(resp)
     }
@@ -665,7 +576,9 @@ impl Task for Service {
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
         self.agent_call(move |c| c.pause_container(&id)).await?;
-        self.update_proc(&req.id, "", |p| p.status = Status::PAUSED);
+        if let Ok(proc) = self.proc(&req.id, "") {
+            proc.task.paused();
+        }
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev)).await;
@@ -675,7 +588,9 @@ impl Task for Service {
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let id = req.id.clone();
         self.agent_call(move |c| c.resume_container(&id)).await?;
-        self.update_proc(&req.id, "", |p| p.status = Status::RUNNING);
+        if let Ok(proc) = self.proc(&req.id, "") {
+            proc.task.resumed();
+        }
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev)).await;
@@ -685,8 +600,8 @@ impl Task for Service {
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         super::abandon::claim(&req.id);
         let proc = self.proc(&req.id, &req.exec_id)?;
-        if proc.exited().is_some() && !req.all {
-            return Err(err(Code::NOT_FOUND, format!("process {} already finished", proc.pid)));
+        if !req.all {
+            proc.task.check_signal(&proc.pid.to_string()).map_err(core_err)?;
         }
         if req.exec_id.is_empty() && self.is_virtual(&req.id) {
             // As the pause process: SIGTERM/SIGINT end it with status 0,
@@ -696,7 +611,7 @@ impl Task for Service {
                 libc::SIGTERM | libc::SIGINT => 0,
                 _ => return Ok(api::Empty::new()),
             };
-            self.finish(&req.id, "", status, now()).await;
+            self.finish(&req.id, "", Exit::now(status)).await;
             return Ok(api::Empty::new());
         }
         self.agent_call(move |c| c.signal_process(&req.id, &req.exec_id, req.signal, req.all)).await?;
@@ -727,10 +642,12 @@ impl Task for Service {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let mut rx = self.proc(&req.id, &req.exec_id)?.exit;
-        let exit = rx.wait_for(Option::is_some).await.map_err(|_| err(Code::INTERNAL, "exit channel closed"))?.clone();
-        let (status, at) = exit.unwrap_or((VM_GONE_STATUS, now()));
-        Ok(api::WaitResponse { exit_status: status, exited_at: protobuf::MessageField::some(at), ..Default::default() })
+        let exit = self.proc(&req.id, &req.exec_id)?.task.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: protobuf::MessageField::some(exit_ts(&exit)),
+            ..Default::default()
+        })
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {

@@ -27,10 +27,8 @@ use kata_like_protocol::AgentClient;
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::config::RuntimeConfig;
-use crate::shim::io::{ProcessIo, StdioPaths};
-use crate::shim::rootfs;
-use crate::shim::sandbox::{guest_spec, BootOptions, Sandbox};
-use crate::shim::{pod, volumes};
+use crate::sandbox::io::{ProcessIo, StdioPaths};
+use crate::sandbox::{rootfs, ContainerSpec, CoreError, Sandbox, TaskStatus};
 pub use state::{check_id, Root, State, OCI_VERSION};
 
 /// The default state root (runc uses /run/runc).
@@ -48,27 +46,13 @@ const FORCE_GRACE: Duration = Duration::from_secs(30);
 const FORWARDED: [Signal; 6] =
     [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
-/// Why a standalone command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StandaloneError {
-    /// Bad arguments, bundle or spec.
-    #[error("{0}")]
-    Invalid(String),
-    /// No such container.
-    #[error("container {0} does not exist")]
-    NotFound(String),
-    /// The ID is taken.
-    #[error("container {0} already exists")]
-    Exists(String),
-    /// The operation needs a stopped container.
-    #[error("container {0} is still running (kill it first, or delete --force)")]
-    Running(String),
-    /// The operation needs a running container.
-    #[error("container {0} is not running")]
-    NotRunning(String),
-    /// Anything else, with what was being done.
-    #[error("{0}")]
-    Failed(String),
+/// Why a standalone command failed: the core's error, which the CLI turns
+/// into its message and exit status.
+pub type StandaloneError = CoreError;
+
+/// The error for an ID that is taken.
+fn exists(id: &str) -> CoreError {
+    CoreError::Exists(format!("container {id} already exists"))
 }
 
 /// Where state lives and which runtime configuration to use.
@@ -184,15 +168,9 @@ fn monitor(
 ) -> Result<u32, StandaloneError> {
     let bundle = std::fs::canonicalize(bundle)
         .map_err(|e| StandaloneError::Invalid(format!("bundle {}: {e}", bundle.display())))?;
-    let raw = std::fs::read(bundle.join("config.json"))
-        .map_err(|e| StandaloneError::Invalid(format!("{}/config.json: {e}", bundle.display())))?;
-    let parsed: serde_json::Value = serde_json::from_slice(&raw)
-        .map_err(|e| StandaloneError::Invalid(format!("{}/config.json: {e}", bundle.display())))?;
-    let (mut spec, root_path) = guest_spec(&raw).map_err(StandaloneError::Invalid)?;
-    let netns = pod::network_namespace(&spec);
-    pod::adapt_namespaces(&mut spec).map_err(StandaloneError::Invalid)?;
-    let terminal = parsed.pointer("/process/terminal").and_then(serde_json::Value::as_bool).unwrap_or(false);
-    let rootfs_dir = bundle.join(root_path);
+    let spec = ContainerSpec::read(&bundle)?;
+    let terminal = spec.terminal;
+    let rootfs_dir = spec.rootfs_in(&bundle);
     if !rootfs_dir.is_dir() {
         return Err(StandaloneError::Invalid(format!("rootfs {} is not a directory", rootfs_dir.display())));
     }
@@ -201,7 +179,7 @@ fn monitor(
         RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
     // Boot slots are the host's, shared with shims: under the configured
     // state root, not this container's directory.
-    let boot_slots = config.state_root.join(crate::boot_slots::DIR);
+    let boot_slots = config.state_root.join(crate::sandbox::boot_slots::DIR);
     config.state_root = root.dir(id);
 
     // The ID is claimed by creating its directory.
@@ -210,19 +188,17 @@ fn monitor(
     let dir = root.dir(id);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(StandaloneError::Exists(id.into())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(id)),
         Err(e) => return Err(StandaloneError::Failed(format!("{}: {e}", dir.display()))),
     }
     let mut cleanup = Cleanup { dir: &dir, armed: true };
-    let annotations =
-        parsed.get("annotations").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
     let mut record = State {
         oci_version: OCI_VERSION.into(),
         id: id.into(),
-        status: "creating".into(),
+        status: TaskStatus::Creating,
         pid: 0,
         bundle: bundle.display().to_string(),
-        annotations,
+        annotations: spec.annotations(),
         created: state::now_rfc3339(),
         monitor_pid: std::process::id(),
         exit_status: None,
@@ -238,42 +214,27 @@ fn monitor(
     forwarded.add(Signal::SIGWINCH);
     forwarded.thread_block().map_err(|e| StandaloneError::Failed(format!("blocking signals: {e}")))?;
 
-    let (vm_state, shared) = Sandbox::prepare(&config, state::VM_DIR).map_err(StandaloneError::Failed)?;
-    let rel = rootfs::share_rootfs(&shared, id, &rootfs_dir).map_err(StandaloneError::Failed)?;
-    let storages = volumes::share_mounts(&mut spec, &shared, id).map_err(StandaloneError::Invalid)?;
-    let spec_json = serde_json::to_vec(&spec).map_err(|e| StandaloneError::Failed(e.to_string()))?;
-    let network = match netns {
-        Some(path) => Some(crate::network::attach(&path).map_err(|e| StandaloneError::Failed(e.to_string()))?),
-        None => None,
-    };
-    let boot = BootOptions {
-        network,
-        setup: pod::setup_request(&spec),
-        cgroups_path: pod::cgroups_path(&spec),
-        boot_slots: Some(boot_slots),
-        ..Default::default()
-    };
-    let sandbox = Sandbox::boot(&config, vm_state, shared, boot)
-        .map_err(|e| StandaloneError::Failed(format!("cannot start the sandbox VM: {e}")))?;
+    let mut boot = spec.boot_options(&config)?;
+    boot.boot_slots = Some(boot_slots);
+    let sandbox = Sandbox::start(&config, state::VM_DIR, boot, None)?;
     let stdio = StdioPaths { stdin: "fd://0".into(), stdout: "fd://1".into(), stderr: "fd://2".into(), terminal };
     let outcome = (|| {
-        let (pid, io) =
-            sandbox.create_container(id, spec_json, rel, storages, &stdio).map_err(StandaloneError::Failed)?;
+        let (pid, io) = sandbox.add_container(id, &spec, &rootfs_dir, &stdio)?;
         record.pid = pid;
-        record.status = "created".into();
+        record.status = TaskStatus::Created;
         root.save(&record)?;
         let _raw_tty = if terminal { terminal_raw_mode(&sandbox, id) } else { None };
-        sandbox.start_container(id).map_err(StandaloneError::Failed)?;
-        record.status = "running".into();
+        sandbox.start_container(id)?;
+        record.status = TaskStatus::Running;
         root.save(&record)?;
         forward_signals(sandbox.uds().to_path_buf(), config.rpc_timeout(), id.to_string(), forwarded, terminal);
-        started(&record).map_err(StandaloneError::Failed)?;
+        started(&record).map_err(CoreError::Failed)?;
         let waited = sandbox.wait_process(id, "");
         drain(io);
         match waited {
             Ok(resp) => Ok(resp.exit_status),
             Err(e) => {
-                let why = sandbox.exited().unwrap_or(e);
+                let why = sandbox.exited().unwrap_or_else(|| e.to_string());
                 Err(StandaloneError::Failed(format!(
                     "lost the container: {why}; guest console:\n{}",
                     sandbox.console_tail()
@@ -284,7 +245,7 @@ fn monitor(
     sandbox.destroy();
     let status = outcome?;
     if keep {
-        record.status = "stopped".into();
+        record.status = TaskStatus::Stopped;
         record.exit_status = Some(status);
         root.save(&record)?;
         cleanup.armed = false;
@@ -370,16 +331,14 @@ pub fn state(opts: &Options, id: &str) -> Result<State, StandaloneError> {
 pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), StandaloneError> {
     let root = opts.root();
     let record = root.load(id)?;
-    if record.status != "created" && record.status != "running" {
-        return Err(StandaloneError::NotRunning(id.into()));
+    if record.status != TaskStatus::Created && record.status != TaskStatus::Running {
+        return Err(CoreError::WrongState(format!("container {id} is not running")));
     }
     let config = RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
-    let uds = crate::sandbox::vsock_path(&root.vm_dir(id));
+    let uds = crate::vm::vsock_path(&root.vm_dir(id));
     let client = AgentClient::connect(&uds, config.rpc_timeout())
         .map_err(|e| StandaloneError::Failed(format!("cannot reach the agent of {id}: {e}")))?;
-    client
-        .signal_process(id, "", signal as u32, all)
-        .map_err(|e| StandaloneError::Failed(crate::shim::rpc::agent_message(&e)))
+    client.signal_process(id, "", signal as u32, all).map_err(CoreError::Agent)
 }
 
 /// `kata-like delete`: removes a stopped container's record; with `force`
@@ -387,9 +346,11 @@ pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), S
 pub fn delete(opts: &Options, id: &str, force: bool) -> Result<(), StandaloneError> {
     let root = opts.root();
     let record = root.load(id)?;
-    if record.status != "stopped" {
+    if record.status != TaskStatus::Stopped {
         if !force {
-            return Err(StandaloneError::Running(id.into()));
+            return Err(CoreError::WrongState(format!(
+                "container {id} is still running (kill it first, or delete --force)"
+            )));
         }
         if let Err(e) = kill(opts, id, Signal::SIGKILL, true) {
             tracing::warn!(error = %e, "SIGKILL through the agent failed; stopping the monitor");
@@ -417,7 +378,7 @@ pub fn delete(opts: &Options, id: &str, force: bool) -> Result<(), StandaloneErr
 pub fn spec(bundle: &Path) -> Result<PathBuf, StandaloneError> {
     let path = bundle.join("config.json");
     if path.exists() {
-        return Err(StandaloneError::Exists(path.display().to_string()));
+        return Err(CoreError::Exists(format!("{} already exists", path.display())));
     }
     let mut spec = oci_spec::runtime::Spec::default();
     if let Some(process) = spec.process_mut() {

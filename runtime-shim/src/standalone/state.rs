@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::StandaloneError;
+use crate::sandbox::{CoreError, TaskStatus};
 
 /// The OCI runtime-spec version our state follows.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -21,7 +21,7 @@ pub struct State {
     /// Container ID.
     pub id: String,
     /// creating, created, running or stopped.
-    pub status: String,
+    pub status: TaskStatus,
     /// The container's init process, as a PID of the guest (the host has
     /// no process for it); 0 before it exists.
     pub pid: u32,
@@ -56,32 +56,32 @@ impl Root {
 
     /// Reads container `id`'s state; a monitor that is gone makes a
     /// running container stopped.
-    pub fn load(&self, id: &str) -> Result<State, StandaloneError> {
+    pub fn load(&self, id: &str) -> Result<State, CoreError> {
         check_id(id)?;
         let path = self.dir(id).join("state.json");
         let raw = match std::fs::read(&path) {
             Ok(raw) => raw,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StandaloneError::NotFound(id.to_string()))
+                return Err(CoreError::NotFound(format!("container {id} does not exist")))
             }
-            Err(e) => return Err(StandaloneError::Failed(format!("{}: {e}", path.display()))),
+            Err(e) => return Err(CoreError::Failed(format!("{}: {e}", path.display()))),
         };
         let mut state: State =
-            serde_json::from_slice(&raw).map_err(|e| StandaloneError::Failed(format!("{}: {e}", path.display())))?;
-        if state.status != "stopped" && !monitor_alive(state.monitor_pid) {
-            state.status = "stopped".into();
+            serde_json::from_slice(&raw).map_err(|e| CoreError::Failed(format!("{}: {e}", path.display())))?;
+        if state.status != TaskStatus::Stopped && !monitor_alive(state.monitor_pid) {
+            state.status = TaskStatus::Stopped;
         }
         Ok(state)
     }
 
     /// Writes `state` (atomically: a reader never sees half a file).
-    pub fn save(&self, state: &State) -> Result<(), StandaloneError> {
+    pub fn save(&self, state: &State) -> Result<(), CoreError> {
         let path = self.dir(&state.id).join("state.json");
         let tmp = path.with_extension("json.tmp");
-        let raw = serde_json::to_vec_pretty(state).map_err(|e| StandaloneError::Failed(e.to_string()))?;
+        let raw = serde_json::to_vec_pretty(state).map_err(|e| CoreError::Failed(e.to_string()))?;
         std::fs::write(&tmp, raw)
             .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| StandaloneError::Failed(format!("{}: {e}", path.display())))
+            .map_err(|e| CoreError::Failed(format!("{}: {e}", path.display())))
     }
 }
 
@@ -89,7 +89,7 @@ impl Root {
 pub const VM_DIR: &str = "vm";
 
 /// Container IDs name directories: no separators, no dot names.
-pub fn check_id(id: &str) -> Result<(), StandaloneError> {
+pub fn check_id(id: &str) -> Result<(), CoreError> {
     let ok = !id.is_empty()
         && id.len() <= 1024
         && id != "."
@@ -98,7 +98,7 @@ pub fn check_id(id: &str) -> Result<(), StandaloneError> {
     if ok {
         Ok(())
     } else {
-        Err(StandaloneError::Invalid(format!("invalid container ID {id:?}: use letters, digits and . _ - +")))
+        Err(CoreError::Invalid(format!("invalid container ID {id:?}: use letters, digits and . _ - +")))
     }
 }
 
@@ -162,7 +162,7 @@ mod tests {
         let state = State {
             oci_version: OCI_VERSION.into(),
             id: "c1".into(),
-            status: "running".into(),
+            status: TaskStatus::Running,
             pid: 7,
             bundle: "/b".into(),
             annotations: HashMap::new(),
@@ -173,8 +173,8 @@ mod tests {
         };
         root.save(&state).expect("save");
         let loaded = root.load("c1").expect("load");
-        assert_eq!(loaded.status, "stopped");
+        assert_eq!(loaded.status, TaskStatus::Stopped);
         assert_eq!(loaded.pid, 7);
-        assert!(matches!(root.load("nope"), Err(StandaloneError::NotFound(_))));
+        assert!(matches!(root.load("nope"), Err(CoreError::NotFound(_))));
     }
 }

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kata_like_protocol::AgentClient;
-use kata_like_runtime::sandbox::log_value;
+use kata_like_runtime::vm::log_value;
 use kata_like_vmm::clock::monotonic_ns;
 use test_infra::Artifacts;
 

@@ -17,8 +17,8 @@
 
 use std::time::{Duration, Instant};
 
-use kata_like_runtime::sandbox::{SandboxVm, VmSpec};
-use kata_like_runtime::virtiofsd::SharedFs;
+use kata_like_runtime::vm::virtiofsd::SharedFs;
+use kata_like_runtime::vm::{SandboxVm, VmSpec};
 use test_infra::Artifacts;
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, LineWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::Serial;
@@ -11,49 +11,10 @@ use vm_superio::Serial;
 use super::bus::BusDevice;
 use super::trigger::EventFdTrigger;
 
-/// Where the guest console goes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum SerialOutput {
-    /// The VMM's stdout.
-    #[default]
-    Stdout,
-    /// Discarded.
-    Null,
-    /// Appended to a file (created if missing).
-    File(PathBuf),
-}
-
-impl std::str::FromStr for SerialOutput {
-    type Err = std::convert::Infallible;
-    /// `stdout`, `null`, or a file path.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "stdout" | "-" => SerialOutput::Stdout,
-            "null" | "none" => SerialOutput::Null,
-            path => SerialOutput::File(PathBuf::from(path)),
-        })
-    }
-}
-
-impl serde::Serialize for SerialOutput {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            SerialOutput::Stdout => s.serialize_str("stdout"),
-            SerialOutput::Null => s.serialize_str("null"),
-            SerialOutput::File(path) => s.serialize_str(&path.to_string_lossy()),
-        }
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for SerialOutput {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Ok(text.parse().unwrap_or_default())
-    }
-}
+pub use kata_like_vmm_contract::SerialOutput;
 
 /// Default size cap of a console file.
-pub const DEFAULT_FILE_LIMIT: u64 = 8 << 20;
+pub const DEFAULT_FILE_LIMIT: u64 = kata_like_vmm_contract::args::DEFAULT_SERIAL_LIMIT;
 
 /// Opens the console sink. Files are opened for append so that several boots
 /// can share a log, and never grow beyond `file_limit` bytes

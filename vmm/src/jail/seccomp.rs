@@ -58,6 +58,8 @@ ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
 ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
 ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
 
+pub use kata_like_vmm_contract::SeccompMode;
+
 /// The threads of the VMM, each with its own filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadKind {
@@ -68,30 +70,6 @@ pub enum ThreadKind {
     Vcpu,
     /// The optional RIP sampler: sleeps and kicks vCPU threads.
     Sampler,
-}
-
-/// What the filters do with a system call outside their list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SeccompMode {
-    /// SIGSYS: log the call and exit with [`EXIT_SECCOMP`].
-    #[default]
-    Trap,
-    /// Allow it and have the kernel log it (for finding missing calls).
-    Log,
-    /// No filters.
-    Off,
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "trap" | "on" => Ok(SeccompMode::Trap),
-            "log" => Ok(SeccompMode::Log),
-            "off" | "none" => Ok(SeccompMode::Off),
-            other => Err(format!("--seccomp {other:?}: expected trap, log or off")),
-        }
-    }
 }
 
 /// Why a filter could not be built or installed.

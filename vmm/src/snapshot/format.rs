@@ -19,10 +19,8 @@ use std::path::Path;
 
 use super::{SnapshotError, VmState};
 
-/// First bytes of every state file.
-pub const MAGIC: &[u8; 8] = b"KLVMSNAP";
-/// The only format this VMM writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub use kata_like_vmm_contract::snapshot::FORMAT_VERSION;
+pub use kata_like_vmm_contract::snapshot::MAGIC;
 const WRITER_LEN: usize = 32;
 const HEADER_LEN: usize = 8 + 4 + WRITER_LEN + 8 + 4;
 /// A state is a few hundred KiB at most; anything larger is not ours.

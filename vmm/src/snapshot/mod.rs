@@ -40,10 +40,7 @@ pub use kvm::{VcpuState, VmKvmState};
 use crate::config::VmConfig;
 use crate::devices::serial::SerialSnapshot;
 
-/// File name of the state inside a snapshot directory.
-pub const STATE_FILE: &str = "state";
-/// File name of guest RAM inside a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+pub use kata_like_vmm_contract::snapshot::{MEMORY_FILE, STATE_FILE};
 
 /// A virtio queue's position and layout (virtio-queue's `QueueState`, which
 /// has no serde support).

@@ -22,42 +22,9 @@
 //! the guest kernel with `clearcpuid=`, which is what keeps the kernel off
 //! instructions the emulator cannot run.
 
-use std::fmt;
-use std::str::FromStr;
-
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
-use serde::{Deserialize, Serialize};
 
-/// Which CPUID the guest sees.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CpuTemplate {
-    /// Allow-listed features that nested KVM's emulator can run (default).
-    #[default]
-    Conservative,
-    /// Host pass-through (KVM_GET_SUPPORTED_CPUID), for hardware KVM.
-    Host,
-}
-
-impl fmt::Display for CpuTemplate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CpuTemplate::Conservative => "conservative",
-            CpuTemplate::Host => "host",
-        })
-    }
-}
-
-impl FromStr for CpuTemplate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "conservative" => Ok(CpuTemplate::Conservative),
-            "host" => Ok(CpuTemplate::Host),
-            other => Err(format!("unknown CPU template '{other}' (expected conservative or host)")),
-        }
-    }
-}
+pub use kata_like_vmm_contract::CpuTemplate;
 
 const fn bits(list: &[u32]) -> u32 {
     let mut mask = 0;

@@ -30,7 +30,7 @@ pub use tap::{Tap, TapError};
 pub const TYPE_NET: u32 = 1;
 /// Size of `virtio_net_hdr_v1` (with `num_buffers`), in front of every frame
 /// on both queues and on the tap (`TUNSETVNETHDRSZ`).
-pub const VNET_HDR_LEN: usize = 12;
+pub use kata_like_vmm_contract::tap::VNET_HDR_LEN;
 /// Largest frame plus header moved in one piece (64 KiB IP packet, Ethernet
 /// and VLAN headers, virtio-net header), as Firecracker.
 pub const MAX_BUFFER: usize = 65_562;
@@ -47,24 +47,7 @@ pub mod feature {
     pub const MAC: u64 = 1 << 5;
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff` (the inverse of [`parse_mac`]).
-pub fn format_mac(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
+pub use kata_like_vmm_contract::tap::{format_mac, parse_mac};
 
 #[cfg(test)]
 mod tests {

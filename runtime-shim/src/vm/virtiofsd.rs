@@ -53,7 +53,7 @@ pub fn start(
     fs: &SharedFs,
     socket: &Path,
     log: &Path,
-    cgroup: Option<&crate::cgroup::HostCgroup>,
+    cgroup: Option<&crate::vm::cgroup::HostCgroup>,
 ) -> Result<Child, String> {
     check_socket_path(socket)?;
     if !fs.virtiofsd.exists() {
@@ -81,18 +81,18 @@ pub fn start(
         cgroup.join_on_exec(&mut command);
     }
     let mut child =
-        crate::child::spawn_tied(command).map_err(|e| format!("cannot start {}: {e}", fs.virtiofsd.display()))?;
+        crate::vm::child::spawn_tied(command).map_err(|e| format!("cannot start {}: {e}", fs.virtiofsd.display()))?;
     let deadline = Instant::now() + SOCKET_TIMEOUT;
     while !socket.exists() {
-        if let Ok(Some(status)) = crate::child::try_wait(&mut child) {
+        if let Ok(Some(status)) = crate::vm::child::try_wait(&mut child) {
             return Err(format!(
                 "virtiofsd exited ({status}) before creating its socket: {}",
-                crate::sandbox::tail(log, 5)
+                super::log::tail(log, 5)
             ));
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let _ = crate::child::wait(&mut child);
+            let _ = crate::vm::child::wait(&mut child);
             return Err(format!("virtiofsd did not create {} within {SOCKET_TIMEOUT:?}", socket.display()));
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -2,9 +2,8 @@
 //! (a shared mount, so rootfs mounted later propagate into virtiofsd's
 //! mount namespace) and each container's rootfs under it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use containerd_shim::protos::types::mount::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 /// Makes `dir` a shared bind mount of itself.
@@ -16,34 +15,13 @@ pub fn make_shared_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("make {} shared: {e}", dir.display()))
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-pub(crate) fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let code = field.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
-        match (bytes[i], code) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Mount points at or below `dir`, deepest first.
 fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(unescape_mountinfo))
+        .filter_map(|l| l.split(' ').nth(4).map(crate::mountinfo::unescape))
         .filter(|t| t == &prefix || t.starts_with(&format!("{prefix}/")))
         .collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
@@ -106,26 +84,6 @@ pub fn remove_dir_mounts(dir: &Path) {
     remove_tree(dir);
 }
 
-/// Mounts containerd's rootfs mounts on `bundle/rootfs` (as runc's shim
-/// does) and returns the rootfs directory to share.
-pub fn mount_bundle_rootfs(bundle: &Path, mounts: &[Mount], root_path: &str) -> Result<PathBuf, String> {
-    if mounts.is_empty() {
-        // A prepared rootfs directory (standalone bundles, ctr --rootfs).
-        let root = if Path::new(root_path).is_absolute() { PathBuf::from(root_path) } else { bundle.join(root_path) };
-        if !root.is_dir() {
-            return Err(format!("rootfs {} is not a directory", root.display()));
-        }
-        return Ok(root);
-    }
-    let target = bundle.join("rootfs");
-    std::fs::create_dir_all(&target).map_err(|e| format!("{}: {e}", target.display()))?;
-    for m in mounts {
-        containerd_shim::mount::mount_rootfs(Some(m.type_.as_str()), Some(m.source.as_str()), &m.options, &target)
-            .map_err(|e| format!("mount rootfs ({} {}) on {}: {e}", m.type_, m.source, target.display()))?;
-    }
-    Ok(target)
-}
-
 /// Binds `rootfs` to `shared/<id>/rootfs`; returns the path relative to
 /// the shared directory (what the agent is told).
 pub fn share_rootfs(shared: &Path, id: &str, rootfs: &Path) -> Result<String, String> {
@@ -136,26 +94,14 @@ pub fn share_rootfs(shared: &Path, id: &str, rootfs: &Path) -> Result<String, St
     Ok(format!("{id}/rootfs"))
 }
 
-/// Undoes [`share_rootfs`] and the bundle mount.
-pub fn unshare_rootfs(shared: &Path, id: &str, bundle: &Path, mounted_bundle: bool) {
+/// Undoes [`share_rootfs`] and every volume shared for container `id`.
+pub fn unshare_container(shared: &Path, id: &str) {
     remove_dir_mounts(&shared.join(id));
-    if mounted_bundle {
-        let target = bundle.join("rootfs");
-        if let Err(e) = umount2(&target, MntFlags::MNT_DETACH) {
-            log::warn!("umount {}: {e}", target.display());
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/a\\040b\\011c\\134d"), "/a b\tc\\d");
-        assert_eq!(unescape_mountinfo("/plain\\"), "/plain\\");
-    }
 
     #[test]
     fn removing_a_tree_never_deletes_through_a_bind() {

@@ -172,7 +172,7 @@ fn hierarchy_roots(mountinfo: &str) -> Vec<PathBuf> {
         else {
             continue;
         };
-        let mount_point = PathBuf::from(crate::shim::rootfs::unescape_mountinfo(mount_point));
+        let mount_point = PathBuf::from(crate::mountinfo::unescape(mount_point));
         match *fstype {
             "cgroup2" if mount_point == Path::new(CGROUP_ROOT) => unified = Some(mount_point),
             "cgroup" if options.split(',').any(|o| V1_CONTROLLERS.contains(&o)) && !v1.contains(&mount_point) => {

@@ -4,7 +4,7 @@
 //! A template is keyed by everything the snapshot depends on: the VMM,
 //! kernel and initramfs files (path, size, modification time), the
 //! snapshot format version, vCPUs, memory, kernel parameters and the device
-//! set (vsock plus one virtio-fs device tagged [`SHARED_TAG`]; no NIC).
+//! set (vsock plus one virtio-fs device tagged `SHARED_TAG`; no NIC).
 //! Changing any of them makes a new key, so a stale template is never
 //! used. Templates live in `<template_dir>/<key>/` (default
 //! `<state_root>/templates`) and are created on first use or with
@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::RuntimeConfig;
-use crate::sandbox::SandboxVm;
-use crate::shim::sandbox::SHARED_TAG;
+use crate::vm::{SandboxVm, VmSpec, SHARED_TAG};
 
 /// The VM a template holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +62,7 @@ pub fn key(config: &RuntimeConfig, shape: &Shape) -> Result<String, String> {
     file_identity(&mut hasher, "initrd", &config.initrd)?;
     hasher.update(format!(
         "format={}\nvcpus={}\nmemory={}\nparams={}\nfs={SHARED_TAG}\nnet=0\n",
-        kata_like_vmm::snapshot::format::FORMAT_VERSION,
+        kata_like_vmm_contract::snapshot::FORMAT_VERSION,
         shape.vcpus,
         shape.memory_mib,
         config.kernel_params
@@ -78,7 +77,7 @@ pub fn ensure(config: &RuntimeConfig, shape: &Shape) -> Result<(PathBuf, bool), 
     let root = root(config);
     let key = key(config, shape)?;
     let dir = root.join(&key);
-    if dir.join(kata_like_vmm::snapshot::STATE_FILE).exists() {
+    if dir.join(kata_like_vmm_contract::snapshot::STATE_FILE).exists() {
         return Ok((dir, false));
     }
     std::fs::create_dir_all(&root).map_err(|e| format!("template directory {}: {e}", root.display()))?;
@@ -92,7 +91,7 @@ pub fn ensure(config: &RuntimeConfig, shape: &Shape) -> Result<(PathBuf, bool), 
     // Blocks while another process builds this template (one boot).
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("locking {}: {e}", lock_path.display()))?;
-    if dir.join(kata_like_vmm::snapshot::STATE_FILE).exists() {
+    if dir.join(kata_like_vmm_contract::snapshot::STATE_FILE).exists() {
         return Ok((dir, false));
     }
     build(config, shape, &root, &key, &dir)?;
@@ -106,7 +105,7 @@ fn build(config: &RuntimeConfig, shape: &Shape, root: &Path, key: &str, dir: &Pa
     let _ = std::fs::remove_dir_all(&work);
     let shared = work.join("shared");
     std::fs::create_dir_all(&shared).map_err(|e| format!("{}: {e}", shared.display()))?;
-    let spec = crate::shim::sandbox::vm_spec(config, shape.vcpus, shape.memory_mib, work.join("vm"), shared);
+    let spec = VmSpec::for_sandbox(config, shape.vcpus, shape.memory_mib, work.join("vm"), shared);
     let started = std::time::Instant::now();
     let result = SandboxVm::start(&spec).map_err(|e| format!("template VM: {e}")).and_then(|vm| {
         let snapshot = work.join("snapshot");
@@ -146,7 +145,7 @@ pub fn clear(config: &RuntimeConfig) -> Result<usize, String> {
     let mut removed = 0;
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.join(kata_like_vmm::snapshot::STATE_FILE).exists() {
+        if path.join(kata_like_vmm_contract::snapshot::STATE_FILE).exists() {
             std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             removed += 1;
         }

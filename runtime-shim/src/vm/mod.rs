@@ -1,11 +1,28 @@
-//! A sandbox VM as seen from the host: the `kata-like-vmm` child process,
-//! its state directory (vsock socket, VMM log, guest console), and the agent
-//! client, and with a shared directory its virtiofsd child. Shared by the
-//! `kata-like` CLI, the tests and the containerd shim.
+//! The host processes of a sandbox VM: the `kata-like-vmm` child, its
+//! virtiofsd child, their host cgroup, supervision and logs. A
+//! [`SandboxVm`] is one VM as seen from the host: the VMM process, its
+//! state directory (vsock socket, VMM log, guest console), the agent
+//! client, and with a shared directory its virtiofsd. The sandbox core
+//! (`crate::sandbox`), the CLI and the tests start VMs here.
 //!
-//! The VMM is started with PR_SET_PDEATHSIG (from [`crate::child`]'s
-//! launcher thread) so it dies with the process that started it; dropping a [`SandboxVm`] kills a VMM that is still running and
-//! removes the state directory, so nothing is left behind on any path.
+//! * [`spec`]: what to boot ([`VmSpec`]), turned into the VMM's arguments
+//!   (the contract type `VmmArgs`).
+//! * [`child`]: starting children so they die with us; [`supervise`]:
+//!   stopping them, telling a kill from outside.
+//! * [`virtiofsd`]: the virtio-fs daemon; [`cgroup`]: their host cgroup.
+//! * [`log`]: tails of the VMM log and guest console for error reports.
+//!
+//! The VMM is started with PR_SET_PDEATHSIG (from [`child`]'s launcher
+//! thread) so it dies with the process that started it; dropping a
+//! [`SandboxVm`] kills a VMM that is still running and removes the state
+//! directory, so nothing is left behind on any path.
+
+pub mod cgroup;
+pub mod child;
+pub mod log;
+pub mod spec;
+pub(crate) mod supervise;
+pub mod virtiofsd;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,88 +31,13 @@ use std::time::{Duration, Instant};
 
 use kata_like_protocol::agent::{HealthResponse, RunProcessRequest, RunProcessResponse};
 use kata_like_protocol::{AgentClient, AgentClientError};
+use kata_like_vmm_contract::api;
+
+pub use self::log::{console_excerpt, log_value, tail};
+pub use self::spec::{Confinement, NetDevice, VmSpec, SHARED_TAG, VMM_TAP_FD};
 
 /// How long an RPC other than RunProcess may take.
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What to boot.
-#[derive(Clone, Debug)]
-pub struct VmSpec {
-    /// The `kata-like-vmm` binary.
-    pub vmm: PathBuf,
-    /// Guest kernel (vmlinux or bzImage).
-    pub kernel: PathBuf,
-    /// Guest initramfs with the agent as /init.
-    pub initrd: PathBuf,
-    /// vCPUs.
-    pub vcpus: u8,
-    /// Guest memory in MiB.
-    pub memory_mib: u32,
-    /// Kernel parameters appended to the VMM's defaults.
-    pub extra_cmdline: Option<String>,
-    /// How long the agent may take to answer after the VMM starts.
-    pub boot_timeout: Duration,
-    /// Parent of the per-VM state directory (default: the system temp dir).
-    pub state_parent: Option<PathBuf>,
-    /// Extra `kata-like-vmm` arguments (debugging, e.g. `--profile-rip=FILE`).
-    pub vmm_args: Vec<String>,
-    /// Use exactly this state directory (created if needed, and left for
-    /// the caller to remove) instead of a temporary one under `state_parent`.
-    pub state_dir: Option<PathBuf>,
-    /// A host directory shared with the guest over virtio-fs.
-    pub shared: Option<crate::virtiofsd::SharedFs>,
-    /// A NIC on an open tap (pod networking).
-    pub net: Option<NetDevice>,
-    /// The host cgroup the VMM and virtiofsd join (the spec's
-    /// `cgroupsPath`); removed when the VM is gone.
-    pub cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
-    /// Restore this snapshot directory instead of booting `kernel` and
-    /// `initrd` (`vcpus`, `memory_mib` and `extra_cmdline` then come from
-    /// the snapshot; the devices must match it).
-    pub restore_from: Option<PathBuf>,
-    /// How the VMM is confined (jail, seccomp).
-    pub confinement: Confinement,
-}
-
-/// How the VMM process is confined (docs/security.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Confinement {
-    /// Jail the VMM as this uid and gid once its VM is built (own mount,
-    /// network, IPC and UTS namespaces, no capabilities); needs root.
-    pub jail: Option<(u32, u32)>,
-    /// The VMM's seccomp mode: trap, log or off.
-    pub seccomp: String,
-    /// Size cap of the console log (the VMM's default when None).
-    pub console_limit: Option<u64>,
-}
-
-/// The user and group a jailed VMM runs as unless configured: a dedicated
-/// id far from those of users, services and user-namespace ranges.
-pub const DEFAULT_JAIL_ID: u32 = 2_147_483_646;
-
-impl Confinement {
-    /// The default: jailed as [`DEFAULT_JAIL_ID`] when we are root (the
-    /// jail needs it), seccomp filters always.
-    pub fn default_for_this_process() -> Confinement {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        Confinement {
-            jail: root.then_some((DEFAULT_JAIL_ID, DEFAULT_JAIL_ID)),
-            seccomp: seccomp_override().unwrap_or_else(|| "trap".into()),
-            console_limit: None,
-        }
-    }
-}
-
-/// `KATA_LIKE_VMM_SECCOMP` (trap, log or off), for finding the system
-/// calls a new VMM code path needs: with `log` the kernel logs each call a
-/// filter would have refused (dmesg, audit type 1326) and the VM goes on.
-/// It overrides the configuration's `vmm_seccomp` too.
-pub fn seccomp_override() -> Option<String> {
-    std::env::var("KATA_LIKE_VMM_SECCOMP").ok().filter(|m| matches!(m.as_str(), "trap" | "log" | "off"))
-}
-
-impl Confinement {}
 
 /// The VMM's own directory in a VM's state directory: the one directory a
 /// jailed VMM can write (vsock and control sockets, console, snapshots),
@@ -176,17 +118,6 @@ fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
     dst.set_len(len)
 }
 
-/// A virtio-net device for the VM on a tap the caller opened.
-#[derive(Clone, Debug)]
-pub struct NetDevice {
-    /// The tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
-    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
-    /// The guest NIC's MAC.
-    pub mac: String,
-    /// Its MTU.
-    pub mtu: u32,
-}
-
 /// The VMM's control socket in the state directory.
 const API_SOCKET: &str = "api.sock";
 /// How long a pause/resume/snapshot request may take.
@@ -225,9 +156,6 @@ fn refresh_restored(client: AgentClient, uds: &Path) -> Result<AgentClient, Stri
     }
 }
 
-/// The descriptor number the VMM finds the tap at.
-const VMM_TAP_FD: i32 = 3;
-
 /// Errors of sandbox VMs. Each names what failed and, for boot failures,
 /// carries the VMM's own reason and the tail of the guest console.
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +192,9 @@ pub enum SandboxError {
     /// virtiofsd could not be started.
     #[error("{0}")]
     Virtiofsd(String),
+    /// The spec cannot be expressed as VMM arguments.
+    #[error("bad VM arguments: {0}")]
+    Arguments(String),
     /// The agent failed a request.
     #[error(transparent)]
     Agent(#[from] AgentClientError),
@@ -311,7 +242,7 @@ pub struct SandboxVm {
     health: HealthResponse,
     times: BootTimes,
     /// Dropped (and removed) after the processes in it are stopped.
-    _cgroup: Option<std::sync::Arc<crate::cgroup::HostCgroup>>,
+    _cgroup: Option<std::sync::Arc<cgroup::HostCgroup>>,
     /// Exit statuses once seen: the shim crate's SIGCHLD handler reaps our
     /// children, and a status it published can be taken only once.
     vmm_exit: Option<ExitStatus>,
@@ -324,35 +255,6 @@ fn keep_for_debugging(state: tempfile::TempDir) {
     if std::env::var_os("KATA_LIKE_KEEP_STATE").is_some() {
         eprintln!("kata-like: kept VM state in {}", state.keep().display());
     }
-}
-
-/// The last `lines` lines of a text file (for error reports).
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The last `lines` lines of a guest console, preceded by the line that
-/// says why the guest kernel died if it did (a panic's reason is printed
-/// before its register dump and backtrace, so it is rarely in the tail).
-pub fn console_excerpt(path: &Path, lines: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let from = all.len().saturating_sub(lines);
-    let cause = all[..from].iter().rev().find(|l| l.contains("Kernel panic - not syncing"));
-    match cause {
-        Some(cause) => format!("{cause}\n[...]\n{}", all[from..].join("\n")),
-        None => all[from..].join("\n"),
-    }
-}
-
-/// The value of `key=<u64>` on the first line of a VMM log containing
-/// `marker` (e.g. `us_since_start` of "boot-timer").
-pub fn log_value(log: &str, marker: &str, key: &str) -> Option<u64> {
-    let line = log.lines().find(|l| l.contains(marker))?;
-    let at = line.find(&format!("{key}="))? + key.len() + 1;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
 }
 
 impl SandboxVm {
@@ -387,64 +289,35 @@ impl SandboxVm {
         let console = console_path(&state_path);
         let vmm_log = state_path.join("vmm.log");
         let log_file = File::create(&vmm_log).map_err(io_err("creating the VMM log"))?;
+        let fsd_socket = state_path.join("virtiofsd.sock");
         let mut virtiofsd = match &spec.shared {
             Some(shared) => {
-                let socket = state_path.join("virtiofsd.sock");
                 let log = state_path.join("virtiofsd.log");
-                let child = crate::virtiofsd::start(shared, &socket, &log, spec.cgroup.as_deref())
+                let child = virtiofsd::start(shared, &fsd_socket, &log, spec.cgroup.as_deref())
                     .map_err(SandboxError::Virtiofsd)?;
-                Some((child, format!("{}={}", shared.tag, socket.display())))
+                Some(child)
             }
             None => None,
         };
-
-        let mut command = Command::new(&spec.vmm);
-        match &spec.restore_from {
-            Some(dir) => {
-                command.arg("--restore").arg(dir);
-            }
-            None => {
-                command
-                    .arg("--kernel")
-                    .arg(&spec.kernel)
-                    .arg("--initrd")
-                    .arg(&spec.initrd)
-                    .arg("--vcpus")
-                    .arg(spec.vcpus.to_string())
-                    .arg("--memory")
-                    .arg(spec.memory_mib.to_string());
-                if let Some(extra) = &spec.extra_cmdline {
-                    command.arg("--append").arg(extra);
+        let ends = spec::HostEnds {
+            vsock: uds.clone(),
+            console: console.clone(),
+            api: vmm_dir.join(API_SOCKET),
+            jail_root: vmm_dir.join("root"),
+            virtiofsd: virtiofsd.is_some().then(|| fsd_socket.clone()),
+        };
+        let args = match spec.vmm_args(&ends) {
+            Ok(args) => args,
+            Err(e) => {
+                if let Some(mut fsd) = virtiofsd.take() {
+                    supervise::stop(&mut fsd);
                 }
+                return Err(SandboxError::Arguments(e));
             }
-        }
-        command
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .arg("--serial")
-            .arg(&console)
-            .arg("--api-sock")
-            .arg(vmm_dir.join(API_SOCKET))
-            .arg("--seccomp")
-            .arg(&spec.confinement.seccomp)
-            .args(spec.confinement.console_limit.map(|limit| format!("--serial-limit={limit}")))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        if let Some((uid, gid)) = spec.confinement.jail {
-            command
-                .arg("--jail")
-                .arg(vmm_dir.join("root"))
-                .arg("--jail-uid")
-                .arg(uid.to_string())
-                .arg("--jail-gid")
-                .arg(gid.to_string());
-        }
-        if let Some((_, fs)) = &virtiofsd {
-            command.arg("--fs").arg(fs);
-        }
+        };
+        let mut command = Command::new(&spec.vmm);
+        command.args(args.to_argv()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
         if let Some(net) = &spec.net {
-            command.arg("--net").arg(format!("fd={VMM_TAP_FD},mac={},mtu={}", net.mac, net.mtu));
             let tap = std::os::fd::AsRawFd::as_raw_fd(net.tap.as_ref());
             // SAFETY: dup2 and fcntl are async-signal-safe; they place the
             // tap at VMM_TAP_FD without close-on-exec in the child only.
@@ -467,11 +340,11 @@ impl SandboxVm {
             cgroup.join_on_exec(&mut command);
         }
         let started = Instant::now();
-        let mut child = match crate::child::spawn_tied(command) {
+        let mut child = match child::spawn_tied(command) {
             Ok(child) => child,
             Err(e) => {
-                if let Some((mut fsd, _)) = virtiofsd.take() {
-                    crate::supervise::stop(&mut fsd);
+                if let Some(mut fsd) = virtiofsd.take() {
+                    supervise::stop(&mut fsd);
                 }
                 return Err(io_err(format!("starting {}", spec.vmm.display()))(e));
             }
@@ -480,13 +353,13 @@ impl SandboxVm {
         // Exit statuses seen while waiting: a status is reaped only once.
         let (mut vmm_exit, mut fsd_exit) = (None, None);
         let ready = AgentClient::wait_ready(&uds, spec.boot_timeout, RPC_TIMEOUT, || {
-            if let Some((fsd, _)) = virtiofsd.as_mut() {
-                if let Ok(Some(status)) = crate::child::try_wait(fsd) {
+            if let Some(fsd) = virtiofsd.as_mut() {
+                if let Ok(Some(status)) = child::try_wait(fsd) {
                     fsd_exit = Some(status);
                     return Err(format!("virtiofsd exited ({status})"));
                 }
             }
-            match crate::child::try_wait(&mut child) {
+            match child::try_wait(&mut child) {
                 Ok(Some(status)) => {
                     vmm_exit = Some(status);
                     Err(format!("the VMM exited ({status})"))
@@ -501,7 +374,7 @@ impl SandboxVm {
             Some(_) => refresh_restored(client, &uds).map(|client| (client, health)),
         });
         let ready = ready.and_then(|ready| match &virtiofsd {
-            Some((fsd, _)) => crate::supervise::tie_vmm_to_virtiofsd(child.id(), fsd.id()).map(|()| ready),
+            Some(fsd) => supervise::tie_vmm_to_virtiofsd(child.id(), fsd.id()).map(|()| ready),
             None => Ok(ready),
         });
         let (client, health) = match ready {
@@ -512,16 +385,14 @@ impl SandboxVm {
                 // virtiofsd that exited by itself followed its VMM (it
                 // exits when the VMM hangs up): the VMM's status decides.
                 use std::os::unix::process::ExitStatusExt;
-                let vmm_exit =
-                    vmm_exit.or_else(|| crate::supervise::exit_within(&mut child, crate::supervise::VMM_EXIT_WAIT));
-                let fsd_exit = fsd_exit.or_else(|| {
-                    virtiofsd.as_mut().and_then(|(fsd, _)| crate::supervise::exit_within(fsd, Duration::ZERO))
-                });
-                let interrupted = vmm_exit.is_some_and(crate::supervise::killed_from_outside)
+                let vmm_exit = vmm_exit.or_else(|| supervise::exit_within(&mut child, supervise::VMM_EXIT_WAIT));
+                let fsd_exit =
+                    fsd_exit.or_else(|| virtiofsd.as_mut().and_then(|fsd| supervise::exit_within(fsd, Duration::ZERO)));
+                let interrupted = vmm_exit.is_some_and(supervise::killed_from_outside)
                     || fsd_exit.is_some_and(|status| status.signal().is_some());
-                crate::supervise::stop(&mut child);
-                if let Some((mut fsd, _)) = virtiofsd.take() {
-                    crate::supervise::stop(&mut fsd);
+                supervise::stop(&mut child);
+                if let Some(mut fsd) = virtiofsd.take() {
+                    supervise::stop(&mut fsd);
                 }
                 let log = tail(&vmm_log, 8);
                 let reason = log
@@ -544,7 +415,7 @@ impl SandboxVm {
         };
         Ok(SandboxVm {
             child: Some(child),
-            virtiofsd: virtiofsd.map(|(c, _)| c),
+            virtiofsd,
             vmm_exit: None,
             fsd_exit: None,
             state_path,
@@ -580,7 +451,7 @@ impl SandboxVm {
     /// a guest that reset on panic.
     pub fn exited(&mut self) -> Option<String> {
         if let Some(fsd) = self.virtiofsd.as_mut() {
-            if let Some(status) = self.fsd_exit.or_else(|| crate::child::try_wait(fsd).ok().flatten()) {
+            if let Some(status) = self.fsd_exit.or_else(|| child::try_wait(fsd).ok().flatten()) {
                 self.fsd_exit = Some(status);
                 return Some(format!("virtiofsd exited ({status})"));
             }
@@ -588,7 +459,7 @@ impl SandboxVm {
         if let Some(status) = self.vmm_exit {
             return Some(format!("the VMM exited ({status})"));
         }
-        match self.child.as_mut().map(crate::child::try_wait) {
+        match self.child.as_mut().map(child::try_wait) {
             Some(Ok(Some(status))) => {
                 self.vmm_exit = Some(status);
                 Some(format!("the VMM exited ({status})"))
@@ -604,12 +475,12 @@ impl SandboxVm {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             if self.vmm_exit.is_none() {
-                crate::supervise::stop(&mut child);
+                supervise::stop(&mut child);
             }
         }
         if let Some(mut fsd) = self.virtiofsd.take() {
             if self.fsd_exit.is_none() {
-                crate::supervise::stop(&mut fsd);
+                supervise::stop(&mut fsd);
             }
         }
     }
@@ -630,9 +501,9 @@ impl SandboxVm {
     }
 
     /// Sends a request to the VMM's control socket.
-    fn control(&self, request: &kata_like_vmm::api::Request) -> Result<kata_like_vmm::api::Response, SandboxError> {
+    fn control(&self, request: &api::Request) -> Result<api::Response, SandboxError> {
         let socket = vmm_dir(&self.state_path).join(API_SOCKET);
-        let response = kata_like_vmm::api::call(&socket, request, CONTROL_TIMEOUT)
+        let response = api::call(&socket, request, CONTROL_TIMEOUT)
             .map_err(|e| SandboxError::Control(format!("{}: {e}", socket.display())))?;
         if response.ok {
             Ok(response)
@@ -650,7 +521,7 @@ impl SandboxVm {
     pub fn snapshot(&self, dir: &Path) -> Result<(u64, u64), SandboxError> {
         let staging = vmm_dir(&self.state_path).join("snapshot");
         let _ = std::fs::remove_dir_all(&staging);
-        let request = kata_like_vmm::api::Request::Snapshot { path: staging.clone() };
+        let request = api::Request::Snapshot { path: staging.clone() };
         let response = self.control(&request)?;
         take_over_dir(&staging, dir).map_err(io_err(format!(
             "moving the snapshot {} to {}",
@@ -662,12 +533,12 @@ impl SandboxVm {
 
     /// Pauses the vCPUs.
     pub fn pause(&self) -> Result<(), SandboxError> {
-        self.control(&kata_like_vmm::api::Request::Pause).map(|_| ())
+        self.control(&api::Request::Pause).map(|_| ())
     }
 
     /// Resumes a paused (or snapshotted) VM.
     pub fn resume(&self) -> Result<(), SandboxError> {
-        self.control(&kata_like_vmm::api::Request::Resume).map(|_| ())
+        self.control(&api::Request::Resume).map(|_| ())
     }
 
     /// Runs a command in the guest and waits for it.
@@ -699,16 +570,16 @@ impl SandboxVm {
         loop {
             let status = match self.vmm_exit {
                 Some(status) => Some(status),
-                None => crate::child::try_wait(&mut child).map_err(io_err("waiting for the VMM"))?,
+                None => child::try_wait(&mut child).map_err(io_err("waiting for the VMM"))?,
             };
             if let Some(status) = status {
                 if let Some(mut fsd) = self.virtiofsd.take() {
-                    crate::supervise::stop(&mut fsd);
+                    supervise::stop(&mut fsd);
                 }
                 return Ok(status);
             }
             if Instant::now() >= deadline {
-                crate::supervise::stop(&mut child);
+                supervise::stop(&mut child);
                 return Err(SandboxError::ShutdownTimeout(timeout));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -728,35 +599,6 @@ impl Drop for SandboxVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_console_excerpt_names_the_panic_above_its_tail() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let console = dir.path().join("console.log");
-        let mut text = String::from("boot\n[ 3.1] Kernel panic - not syncing: sysrq triggered crash\n");
-        for i in 0..20 {
-            text.push_str(&format!("[ 3.2] trace line {i}\n"));
-        }
-        std::fs::write(&console, &text).expect("write");
-        let excerpt = console_excerpt(&console, 3);
-        assert_eq!(
-            excerpt,
-            "[ 3.1] Kernel panic - not syncing: sysrq triggered crash\n[...]\n\
-             [ 3.2] trace line 17\n[ 3.2] trace line 18\n[ 3.2] trace line 19"
-        );
-        std::fs::write(&console, "a\nb\nc\n").expect("write");
-        assert_eq!(console_excerpt(&console, 2), "b\nc");
-    }
-
-    #[test]
-    fn log_values_are_read_from_the_first_matching_line() {
-        let log = "INFO first KVM_RUN us_since_start=12179 monotonic_ns=1\n\
-                   INFO boot-timer: guest init reached user space us_since_start=4242 monotonic_ns=5\n\
-                   INFO boot-timer: guest init reached user space us_since_start=9999 monotonic_ns=6";
-        assert_eq!(log_value(log, "first KVM_RUN", "us_since_start"), Some(12179));
-        assert_eq!(log_value(log, "boot-timer", "us_since_start"), Some(4242));
-        assert_eq!(log_value("a us_since_start=7", "missing", "us_since_start"), None);
-    }
 
     #[test]
     fn missing_inputs_are_named_before_anything_starts() {
@@ -798,14 +640,5 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&to).expect("stat").blocks();
         assert!(blocks < 1024, "{blocks} blocks: the 8 MiB of zeros stayed a hole");
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("log");
-        std::fs::write(&path, "a\nb\nc\n").expect("write");
-        assert_eq!(tail(&path, 2), "b\nc");
-        assert_eq!(tail(&dir.path().join("missing"), 2), "");
     }
 }

@@ -195,7 +195,7 @@ mod tests {
         let read = std::fs::read_to_string(&file);
         let write_ro = std::fs::write(&file, "x");
         let write_rw = std::fs::write(dir.join("new"), "y");
-        crate::shim::rootfs::remove_dir_mounts(&shared.path().join("c1"));
+        crate::sandbox::rootfs::remove_dir_mounts(&shared.path().join("c1"));
         assert!(result.expect("ok").is_empty());
         assert_eq!(read.expect("read through the bind"), "127.0.0.1 localhost\n");
         assert!(write_ro.is_err(), "the read-only bind refused a write");

@@ -2,7 +2,7 @@
 //! them, telling a kill from a failure, and the fail-stop tie between them.
 //!
 //! The shim crate's SIGCHLD handler reaps every child, so statuses come
-//! through [`crate::child::try_wait`], which can hand each out only once.
+//! through [`crate::vm::child::try_wait`], which can hand each out only once.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ pub(crate) fn stop(child: &mut Child) {
     // An error means the child was reaped already and its status taken
     // (by an earlier check): it is gone, and its PID may be someone
     // else's by now, so it must not be signalled.
-    if !matches!(crate::child::try_wait(child), Ok(None)) {
+    if !matches!(crate::vm::child::try_wait(child), Ok(None)) {
         return;
     }
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
@@ -26,13 +26,13 @@ pub(crate) fn stop(child: &mut Child) {
     }
     let deadline = Instant::now() + TERM_GRACE;
     while Instant::now() < deadline {
-        if !matches!(crate::child::try_wait(child), Ok(None)) {
+        if !matches!(crate::vm::child::try_wait(child), Ok(None)) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let _ = crate::child::wait(child);
+    let _ = crate::vm::child::wait(child);
 }
 
 /// A descriptor for process `pid` that stays valid after the process is
@@ -120,7 +120,7 @@ pub(crate) const VMM_EXIT_WAIT: Duration = Duration::from_secs(1);
 pub(crate) fn exit_within(child: &mut Child, wait: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + wait;
     loop {
-        match crate::child::try_wait(child) {
+        match crate::vm::child::try_wait(child) {
             Ok(Some(status)) => return Some(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             _ => return None,

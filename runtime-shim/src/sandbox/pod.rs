@@ -2,7 +2,7 @@
 //!
 //! CRI creates a pod as a *sandbox* container (the pause image) and then
 //! the pod's containers, all with `io.kubernetes.cri.sandbox-id` naming the
-//! sandbox, so they reach this one shim (see [`super::grouping`]). The
+//! sandbox, so they reach this one shim (the containerd adapter groups them by it). The
 //! sandbox container boots the VM and is otherwise virtual: nothing runs for
 //! it in the guest (the VM itself holds the pod's namespaces), its pid is
 //! the VMM's and it exits when it is killed or when the VM dies.
@@ -16,7 +16,7 @@
 use kata_like_protocol::agent::SetupSandboxRequest;
 use serde_json::Value;
 
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, VM_MEMORY_ANNOTATION, VM_VCPUS_ANNOTATION};
 
 /// CRI's annotation of a container's role: `sandbox` or `container`.
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
@@ -26,11 +26,6 @@ pub const SANDBOX_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
 pub const SANDBOX_CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 /// See [`SANDBOX_CPU_QUOTA_ANNOTATION`].
 pub const SANDBOX_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
-/// Our own VM-size annotations, honoured only when the runtime config
-/// lists them in `enable_annotations`.
-pub const VM_MEMORY_ANNOTATION: &str = "io.kata-like.vm.memory_mib";
-/// See [`VM_MEMORY_ANNOTATION`].
-pub const VM_VCPUS_ANNOTATION: &str = "io.kata-like.vm.vcpus";
 
 /// What a container is to the pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
