@@ -1,12 +1,29 @@
-//! `VmConfig` → [`Vmm`]: the boot sequence, step by step.
+//! `VmConfig` → [`Vmm`]: two recipes, each its own sequence of steps, on
+//! steps they share (as Firecracker's `build_microvm_for_boot` and
+//! `build_microvm_from_snapshot`).
 //!
-//! 1. KVM and the VM; guest memory registered with KVM.
+//! [`Vmm::build`] boots a new VM:
+//! 1. KVM and the VM; fresh guest memory registered with KVM.
 //! 2. In-kernel IRQ chip (PIC + IO-APIC + LAPICs) and PIT.
-//! 3. Kernel, initrd, command line, MP table, boot protocol data.
-//! 4. Devices: COM1, i8042, boot timer, virtio-vsock, virtio-fs (irqfd +
-//!    ioeventfds).
-//! 5. vCPUs with the CPUID template; the boot vCPU at the kernel entry.
+//! 3. Kernel, initrd, MP table.
+//! 4. Devices: COM1, i8042, boot timer, virtio-vsock, virtio-fs,
+//!    virtio-net (irqfd + ioeventfds), each adding its command-line
+//!    parameters.
+//! 5. vCPUs with the CPUID template, the boot vCPU at the kernel entry;
+//!    then the finished command line and the boot protocol data.
+//! 6. The event loop's life-cycle control and control socket.
+//!
+//! [`Vmm::restore`] resumes a snapshot's VM in a new VMM process:
+//! 1. The saved state; its configuration with the new host ends.
+//! 2. KVM and the VM; guest memory from the snapshot's memory file (the
+//!    guest's kernel, initrd and MP table are in it).
+//! 3. IRQ chip and PIT, then their saved state.
+//! 4. The same devices in the same MMIO slots; COM1 and the virtio
+//!    transports in their saved state.
+//! 5. vCPUs in their saved state.
+//! 6. As step 6 of the boot.
 
+use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +32,7 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{ApiServer, Controller};
@@ -33,24 +51,12 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 use crate::devices::{Bus, BusError, EventFdTrigger};
 use crate::exit::ExitSignal;
 use crate::memory::{self, MemoryError};
+use crate::options::VmmOptions;
 use crate::pause::PauseGate;
 use crate::profiler::RipSampler;
-use crate::snapshot::{self, SnapshotError, VmState};
+use crate::snapshot::{self, SnapshotError, TransportSnapshot, VmState};
 use crate::vcpu::{BootEntry, Vcpu, VcpuContext, VcpuError};
 use crate::vmm::{Vmm, VmmControl};
-
-/// Options of the VMM process that are not part of the VM itself.
-#[derive(Clone, Debug, Default)]
-pub struct VmmOptions {
-    /// Sample the guest RIP at this interval and write a report here on exit.
-    pub profile_rip: Option<(PathBuf, std::time::Duration)>,
-    /// Serve pause/resume/snapshot requests on this Unix socket.
-    pub api_sock: Option<PathBuf>,
-    /// The jail to enter once the VM is built ([`crate::jail`]).
-    pub jail: Option<crate::jail::JailConfig>,
-    /// The seccomp filters of the VMM's threads.
-    pub seccomp: crate::jail::seccomp::SeccompMode,
-}
 
 /// What a restore replaces in the snapshot's configuration: the host ends
 /// of the devices, which belong to the new VMM process.
@@ -255,234 +261,356 @@ where
 }
 
 impl Vmm {
-    /// Builds a VM from `config`, ready to [`Vmm::run`].
+    /// Boots a new VM from `config`, ready to [`Vmm::run`]: the boot
+    /// recipe.
     pub fn build(config: VmConfig, options: VmmOptions) -> Result<Vmm, BuildError> {
         config.validate()?;
-        Self::assemble(config, options, None)
-    }
-
-    /// Rebuilds the VM a snapshot directory holds, ready to [`Vmm::run`]
-    /// from where it was paused, with the host ends in `overrides`.
-    pub fn restore(dir: &Path, overrides: &RestoreOverrides, options: VmmOptions) -> Result<Vmm, BuildError> {
-        let state = snapshot::format::read(&dir.join(snapshot::STATE_FILE))?;
-        let config = overrides.apply(state.config.clone()).map_err(BuildError::Restore)?;
-        config.validate()?;
-        if state.memory_size != u64::from(config.memory_mib) << 20 {
-            return Err(BuildError::Restore(format!(
-                "the state holds {} bytes of RAM but its configuration says {} MiB",
-                state.memory_size, config.memory_mib
-            )));
-        }
-        if state.vcpus.len() != usize::from(config.vcpus) {
-            return Err(BuildError::Restore(format!(
-                "the state holds {} vCPUs but its configuration says {}",
-                state.vcpus.len(),
-                config.vcpus
-            )));
-        }
-        Self::assemble(config, options, Some((state, dir.to_path_buf())))
-    }
-
-    /// The boot sequence; with `restore`, the snapshot's memory, KVM and
-    /// device state replace the kernel load and the reset state.
-    fn assemble(config: VmConfig, options: VmmOptions, restore: Option<(VmState, PathBuf)>) -> Result<Vmm, BuildError> {
         let mem_size = u64::from(config.memory_mib) << 20;
-        let step = |name: &str| {
-            tracing::debug!(us_since_start = crate::clock::since_start().as_micros() as u64, "build: {name}")
-        };
 
-        // 1. KVM, VM, memory.
-        let kvm = Kvm::new().map_err(BuildError::Kvm)?;
-        check_kvm(&kvm)?;
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        // vhost-user devices need RAM they can map: a memfd, shared.
-        let shared = !config.fs.is_empty();
-        let mem = match &restore {
-            Some((state, dir)) => {
-                snapshot::memory::restore(&dir.join(snapshot::MEMORY_FILE), mem_size, shared, state.memory_crc32)?
-            }
-            None if shared => memory::create_shared(mem_size)?,
-            None => memory::create(mem_size)?,
-        };
+        // 1. KVM, VM, fresh memory.
+        let (kvm, vm) = create_vm()?;
+        let mem =
+            if needs_shared_memory(&config) { memory::create_shared(mem_size)? } else { memory::create(mem_size)? };
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
         // 2. Interrupt controllers and timer.
-        vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        if let Some((state, _)) = &restore {
-            // Before any device can raise an interrupt into them.
-            snapshot::kvm::restore_vm(&vm, &state.kvm)?;
-        }
+        create_irqchip_and_pit(&vm)?;
         step("irqchip and PIT");
 
-        // 3. Kernel, initrd, MP table (a restored guest has them in RAM).
-        //    The command line is finished below, once the devices have
-        //    added their parameters.
-        let boot_files = match &restore {
-            Some(_) => None,
-            None => {
-                let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
-                let initrd = match &config.initrd {
-                    Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
-                    None => None,
-                };
-                mptable::write(&mem, config.vcpus)?;
-                Some((kernel, initrd))
-            }
-        };
-        step("kernel, initrd, MP table");
-        let mut cmdline = Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(boot::BootError::Cmdline)?;
-
-        // 4. Devices.
-        let exit = Arc::new(ExitSignal::new().map_err(io_err("exit eventfd"))?);
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-
-        let serial_irq = eventfd("serial eventfd")?;
-        vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD for COM1"))?;
-        let out = serial::open_output(&config.serial, config.serial_limit_bytes)
-            .map_err(|source| BuildError::Serial { path: format!("{:?}", config.serial), source })?;
-        let serial_irq = EventFdTrigger::new(serial_irq);
-        let serial = match &restore {
-            Some((state, _)) => SerialDevice::from_snapshot(serial_irq, out, &state.serial)
-                .map_err(|source| BuildError::Io { what: "restoring the serial device", source })?,
-            None => SerialDevice::new(serial_irq, out),
-        };
-        let serial = Arc::new(Mutex::new(serial));
-        pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
-
-        let reset_evt = eventfd("reset eventfd")?;
-        let reset_trigger = EventFdTrigger::new(reset_evt.try_clone().map_err(io_err("reset eventfd"))?);
-        pio.insert(Arc::new(Mutex::new(I8042::new(reset_trigger))), u64::from(I8042_PORT), 5)?;
-
-        let boot_timer = Arc::new(Mutex::new(BootTimer::new()));
-        mmio.insert(boot_timer.clone(), BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
-        cmdline
-            .insert(crate::devices::boot_timer::CMDLINE_KEY, &format!("{BOOT_TIMER_ADDR:#x}"))
-            .map_err(boot::BootError::Cmdline)?;
-
-        let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
-            EventManager::new().map_err(BuildError::EventManager)?;
-        let mut transports = Vec::new();
-        let mut vsock = None;
-        if let Some(vsock_config) = &config.vsock {
-            let interrupt = Arc::new(IrqTrigger::new(eventfd("vsock irqfd")?));
-            let device =
-                Arc::new(Mutex::new(Vsock::new(vsock_config.guest_cid, &vsock_config.uds_path, interrupt.clone())?));
-            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, 0, device.clone(), interrupt)?);
-            event_manager.add_subscriber(device.clone());
-            vsock = Some(device);
-        }
-        let mut fs_devices = Vec::new();
-        for (index, fs_config) in config.fs.iter().enumerate() {
-            let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-fs irqfd")?));
-            let device = Arc::new(Mutex::new(Fs::new(&fs_config.tag, &fs_config.socket, interrupt.clone())?));
-            let slot = 1 + index as u32;
-            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?);
-            event_manager.add_subscriber(device.clone());
-            fs_devices.push(device);
-        }
-        let mut net_devices = Vec::new();
-        for (index, net_config) in config.net.iter().enumerate() {
-            let tap = open_tap(net_config).map_err(|source| BuildError::Tap { index, source })?;
-            let mac = crate::devices::virtio::net::parse_mac(&net_config.mac).unwrap_or_default();
-            let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-net irqfd")?));
-            let device = Net::new(mac, net_config.mtu, Box::new(tap), interrupt.clone())
-                .map_err(|source| BuildError::Net { index, source })?;
-            let device = Arc::new(Mutex::new(device));
-            let slot = 1 + crate::config::MAX_FS_DEVICES as u32 + index as u32;
-            transports.push(attach_virtio(&vm, &mem, &mut mmio, &mut cmdline, slot, device.clone(), interrupt)?);
-            event_manager.add_subscriber(device.clone());
-            net_devices.push(device);
-        }
-        if let Some((state, _)) = &restore {
-            if state.transports.len() != transports.len() {
-                return Err(BuildError::Restore(format!(
-                    "the snapshot has {} virtio devices, the restored VM {}",
-                    state.transports.len(),
-                    transports.len()
-                )));
-            }
-            for (index, (transport, saved)) in transports.iter().zip(&state.transports).enumerate() {
-                crate::devices::bus::lock(transport)
-                    .restore(saved)
-                    .map_err(|e| BuildError::Restore(format!("virtio device {index}: {e}")))?;
-            }
-        }
-        step("devices");
-
-        // 5. vCPUs.
-        let sampler = match &options.profile_rip {
-            Some((_, interval)) => Some(RipSampler::new(*interval).map_err(io_err("RIP sampler signal handler"))?),
+        // 3. Kernel, initrd, MP table. The command line is written in step
+        //    5, once the devices have added their parameters.
+        let kernel = boot::load_kernel(&mem, &config.kernel, mem_size)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
             None => None,
         };
+        mptable::write(&mem, config.vcpus)?;
+        step("kernel, initrd, MP table");
+
+        // 4. Devices.
+        let mut cmdline = configured_cmdline(&config)?;
+        let (serial_irq, serial_out) = serial_ends(&vm, &config)?;
+        let serial = SerialDevice::new(serial_irq, serial_out);
+        let devices = attach_devices(&config, &vm, &mem, &mut cmdline, serial)?;
+        step("devices");
+
+        // 5. vCPUs, the boot vCPU at the kernel entry; the command line and
+        //    boot protocol data.
+        let ctx = vcpu_context(&kvm, &config, &options, &mem, &devices)?;
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let gate = Arc::new(PauseGate::default());
-        let ctx = VcpuContext {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-            mem: mem.clone(),
-            exit: exit.clone(),
-            kernel_path: config.kernel.clone(),
-            sampler: sampler.clone(),
-            gate: gate.clone(),
-            msr_list: Arc::new(snapshot::kvm::msr_list(&kvm)?),
-        };
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for index in 0..config.vcpus {
             let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let vcpu = match (&restore, &boot_files) {
-                (Some((state, _)), _) => Vcpu::restore(fd, &state.vcpus[usize::from(index)], &ctx)?,
-                (None, Some((kernel, _))) => {
-                    let entry = (index == 0).then_some(BootEntry { protocol: kernel.protocol, entry: kernel.entry.0 });
-                    Vcpu::new(fd, index, config.vcpus, config.cpu_template, &supported, entry, &ctx)?
-                }
-                (None, None) => unreachable!("boot files are loaded when not restoring"),
-            };
-            vcpus.push(vcpu);
+            let entry = (index == 0).then_some(BootEntry { protocol: kernel.protocol, entry: kernel.entry.0 });
+            vcpus.push(Vcpu::new(fd, index, config.vcpus, config.cpu_template, &supported, entry, &ctx)?);
         }
-
-        if let Some((kernel, initrd)) = boot_files {
-            hide_unapplied_cpuid(&vcpus, config.cpu_template, &supported, config.vcpus, &mut cmdline)?;
-            boot::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size)?;
-        }
+        hide_unapplied_cpuid(&vcpus, config.cpu_template, &supported, config.vcpus, &mut cmdline)?;
+        boot::write_boot_info(&mem, &kernel, &cmdline, initrd, mem_size)?;
         step("vCPUs and boot info");
 
-        let control =
-            Arc::new(Mutex::new(VmmControl::new(exit.clone(), reset_evt).map_err(io_err("signal handling"))?));
-        event_manager.add_subscriber(control.clone());
-        let vm = Arc::new(vm);
-        if let Some(path) = &options.api_sock {
-            let controller =
-                Controller::new(vm.clone(), mem.clone(), gate, vcpus.len(), transports, serial.clone(), config.clone());
-            let server =
-                ApiServer::bind(path, controller).map_err(|source| BuildError::Api { path: path.clone(), source })?;
-            event_manager.add_subscriber(Arc::new(Mutex::new(server)));
-        }
-        if restore.is_some() {
-            tracing::info!("VM restored from a snapshot");
-        }
-        tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
-
-        Ok(Vmm {
-            config,
-            options,
-            _vm: vm,
-            vcpus,
-            event_manager,
-            _control: control,
-            exit,
-            serial,
-            vsock,
-            fs: fs_devices,
-            net: net_devices,
-            sampler,
-            boot_timer,
-        })
+        // 6. Life-cycle control and control socket.
+        let vmm = into_vmm(config, options, vm, mem, vcpus, ctx, devices)?;
+        log_cmdline(&cmdline);
+        Ok(vmm)
     }
+
+    /// Rebuilds the VM a snapshot directory holds, ready to [`Vmm::run`]
+    /// from where it was paused, with the host ends in `overrides`: the
+    /// restore recipe.
+    pub fn restore(dir: &Path, overrides: &RestoreOverrides, options: VmmOptions) -> Result<Vmm, BuildError> {
+        // 1. The saved state and the configuration it is restored with.
+        let state = snapshot::format::read(&dir.join(snapshot::STATE_FILE))?;
+        let config = restore_config(&state, overrides)?;
+        let mem_size = u64::from(config.memory_mib) << 20;
+
+        // 2. KVM, VM, the snapshot's memory.
+        let (kvm, vm) = create_vm()?;
+        let memory_file = dir.join(snapshot::MEMORY_FILE);
+        let mem = snapshot::memory::restore(&memory_file, mem_size, needs_shared_memory(&config), state.memory_crc32)?;
+        memory::register(&vm, &mem)?;
+        step("VM and memory");
+
+        // 3. Interrupt controllers and timer, in their saved state before
+        //    any device can raise an interrupt into them.
+        create_irqchip_and_pit(&vm)?;
+        snapshot::kvm::restore_vm(&vm, &state.kvm)?;
+        step("irqchip and PIT");
+
+        // 4. Devices, as the snapshot's VM had them.
+        let mut cmdline = configured_cmdline(&config)?;
+        let (serial_irq, serial_out) = serial_ends(&vm, &config)?;
+        let serial = SerialDevice::from_snapshot(serial_irq, serial_out, &state.serial)
+            .map_err(io_err("restoring the serial device"))?;
+        let devices = attach_devices(&config, &vm, &mem, &mut cmdline, serial)?;
+        restore_transports(&devices.transports, &state.transports)?;
+        step("devices");
+
+        // 5. vCPUs.
+        let ctx = vcpu_context(&kvm, &config, &options, &mem, &devices)?;
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (index, saved) in (0..config.vcpus).zip(&state.vcpus) {
+            let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpus.push(Vcpu::restore(fd, saved, &ctx)?);
+        }
+        step("vCPUs");
+
+        // 6. Life-cycle control and control socket.
+        let vmm = into_vmm(config, options, vm, mem, vcpus, ctx, devices)?;
+        tracing::info!("VM restored from a snapshot");
+        log_cmdline(&cmdline);
+        Ok(vmm)
+    }
+}
+
+/// Logs (at debug level) that the build step `name` is done, with the
+/// time since the VMM started.
+fn step(name: &str) {
+    tracing::debug!(us_since_start = crate::clock::since_start().as_micros() as u64, "build: {name}")
+}
+
+/// Logs the command line the guest kernel was given (or, restored, the one
+/// its configuration and devices make).
+fn log_cmdline(cmdline: &Cmdline) {
+    tracing::info!(cmdline = %cmdline.as_cstring().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default(), "kernel command line");
+}
+
+/// KVM, checked for what this VMM needs, and a new VM on it.
+fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
+    let kvm = Kvm::new().map_err(BuildError::Kvm)?;
+    check_kvm(&kvm)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    Ok((kvm, vm))
+}
+
+/// Whether guest RAM must be shareable: vhost-user devices (virtio-fs)
+/// need RAM they can map, so it is then a memfd, shared.
+fn needs_shared_memory(config: &VmConfig) -> bool {
+    !config.fs.is_empty()
+}
+
+/// The in-kernel interrupt controllers (PIC, IO-APIC, LAPICs) and PIT.
+fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), BuildError> {
+    vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(())
+}
+
+/// The configured command line, to which the devices add their parameters.
+fn configured_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
+    Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(|e| BuildError::Boot(boot::BootError::Cmdline(e)))
+}
+
+/// The configuration of a snapshot's VM with the host ends in `overrides`,
+/// checked against the state saved with it.
+fn restore_config(state: &VmState, overrides: &RestoreOverrides) -> Result<VmConfig, BuildError> {
+    let config = overrides.apply(state.config.clone()).map_err(BuildError::Restore)?;
+    config.validate()?;
+    if state.memory_size != u64::from(config.memory_mib) << 20 {
+        return Err(BuildError::Restore(format!(
+            "the state holds {} bytes of RAM but its configuration says {} MiB",
+            state.memory_size, config.memory_mib
+        )));
+    }
+    if state.vcpus.len() != usize::from(config.vcpus) {
+        return Err(BuildError::Restore(format!(
+            "the state holds {} vCPUs but its configuration says {}",
+            state.vcpus.len(),
+            config.vcpus
+        )));
+    }
+    Ok(config)
+}
+
+/// COM1's ends, new or restored alike: its interrupt (an irqfd on its IRQ
+/// line) and its output.
+fn serial_ends(vm: &VmFd, config: &VmConfig) -> Result<(EventFdTrigger, Box<dyn Write + Send>), BuildError> {
+    let irq = eventfd("serial eventfd")?;
+    vm.register_irqfd(&irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD for COM1"))?;
+    let out = serial::open_output(&config.serial, config.serial_limit_bytes)
+        .map_err(|source| BuildError::Serial { path: format!("{:?}", config.serial), source })?;
+    Ok((EventFdTrigger::new(irq), out))
+}
+
+/// The devices of a VM, on their buses and in its event loop.
+struct Devices {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>>,
+    exit: Arc<ExitSignal>,
+    /// Raised by the i8042 when the guest resets or powers off.
+    reset_evt: EventFd,
+    serial: Arc<Mutex<SerialDevice>>,
+    boot_timer: Arc<Mutex<BootTimer>>,
+    /// Every virtio device's transport: vsock, then virtio-fs, then
+    /// virtio-net, in configuration order (the order a snapshot saves).
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    vsock: Option<Arc<Mutex<Vsock>>>,
+    fs: Vec<Arc<Mutex<Fs>>>,
+    net: Vec<Arc<Mutex<Net>>>,
+}
+
+/// Puts COM1 (`serial`), the i8042, the boot timer and the configured
+/// virtio devices on the buses and into a new event loop. Each virtio
+/// device has a fixed MMIO slot (vsock 0, then virtio-fs, then
+/// virtio-net), so a restored VM's devices sit where the guest saw them.
+fn attach_devices(
+    config: &VmConfig,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cmdline: &mut Cmdline,
+    serial: SerialDevice,
+) -> Result<Devices, BuildError> {
+    let exit = Arc::new(ExitSignal::new().map_err(io_err("exit eventfd"))?);
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+
+    let reset_evt = eventfd("reset eventfd")?;
+    let reset_trigger = EventFdTrigger::new(reset_evt.try_clone().map_err(io_err("reset eventfd"))?);
+    pio.insert(Arc::new(Mutex::new(I8042::new(reset_trigger))), u64::from(I8042_PORT), 5)?;
+
+    let boot_timer = Arc::new(Mutex::new(BootTimer::new()));
+    mmio.insert(boot_timer.clone(), BOOT_TIMER_ADDR, BOOT_TIMER_SIZE)?;
+    cmdline
+        .insert(crate::devices::boot_timer::CMDLINE_KEY, &format!("{BOOT_TIMER_ADDR:#x}"))
+        .map_err(boot::BootError::Cmdline)?;
+
+    let mut event_manager: EventManager<Arc<Mutex<dyn MutEventSubscriber>>> =
+        EventManager::new().map_err(BuildError::EventManager)?;
+    let mut transports = Vec::new();
+    let mut vsock = None;
+    if let Some(vsock_config) = &config.vsock {
+        let interrupt = Arc::new(IrqTrigger::new(eventfd("vsock irqfd")?));
+        let device =
+            Arc::new(Mutex::new(Vsock::new(vsock_config.guest_cid, &vsock_config.uds_path, interrupt.clone())?));
+        transports.push(attach_virtio(vm, mem, &mut mmio, cmdline, 0, device.clone(), interrupt)?);
+        event_manager.add_subscriber(device.clone());
+        vsock = Some(device);
+    }
+    let mut fs = Vec::new();
+    for (index, fs_config) in config.fs.iter().enumerate() {
+        let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-fs irqfd")?));
+        let device = Arc::new(Mutex::new(Fs::new(&fs_config.tag, &fs_config.socket, interrupt.clone())?));
+        let slot = 1 + index as u32;
+        transports.push(attach_virtio(vm, mem, &mut mmio, cmdline, slot, device.clone(), interrupt)?);
+        event_manager.add_subscriber(device.clone());
+        fs.push(device);
+    }
+    let mut net = Vec::new();
+    for (index, net_config) in config.net.iter().enumerate() {
+        let tap = open_tap(net_config).map_err(|source| BuildError::Tap { index, source })?;
+        let mac = crate::devices::virtio::net::parse_mac(&net_config.mac).unwrap_or_default();
+        let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-net irqfd")?));
+        let device = Net::new(mac, net_config.mtu, Box::new(tap), interrupt.clone())
+            .map_err(|source| BuildError::Net { index, source })?;
+        let device = Arc::new(Mutex::new(device));
+        let slot = 1 + crate::config::MAX_FS_DEVICES as u32 + index as u32;
+        transports.push(attach_virtio(vm, mem, &mut mmio, cmdline, slot, device.clone(), interrupt)?);
+        event_manager.add_subscriber(device.clone());
+        net.push(device);
+    }
+    Ok(Devices {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        event_manager,
+        exit,
+        reset_evt,
+        serial,
+        boot_timer,
+        transports,
+        vsock,
+        fs,
+        net,
+    })
+}
+
+/// Puts each virtio transport into the state the snapshot saved for the
+/// device in its slot.
+fn restore_transports(transports: &[Arc<Mutex<MmioTransport>>], saved: &[TransportSnapshot]) -> Result<(), BuildError> {
+    if saved.len() != transports.len() {
+        return Err(BuildError::Restore(format!(
+            "the snapshot has {} virtio devices, the restored VM {}",
+            saved.len(),
+            transports.len()
+        )));
+    }
+    for (index, (transport, saved)) in transports.iter().zip(saved).enumerate() {
+        crate::devices::bus::lock(transport)
+            .restore(saved)
+            .map_err(|e| BuildError::Restore(format!("virtio device {index}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// What every vCPU shares: the buses, guest memory, the exit signal, the
+/// gate snapshots park them at, the MSRs a snapshot saves and the optional
+/// RIP sampler.
+fn vcpu_context(
+    kvm: &Kvm,
+    config: &VmConfig,
+    options: &VmmOptions,
+    mem: &GuestMemoryMmap,
+    devices: &Devices,
+) -> Result<VcpuContext, BuildError> {
+    let sampler = match &options.profile_rip {
+        Some((_, interval)) => Some(RipSampler::new(*interval).map_err(io_err("RIP sampler signal handler"))?),
+        None => None,
+    };
+    Ok(VcpuContext {
+        pio: devices.pio.clone(),
+        mmio: devices.mmio.clone(),
+        mem: mem.clone(),
+        exit: devices.exit.clone(),
+        kernel_path: config.kernel.clone(),
+        sampler,
+        gate: Arc::new(PauseGate::default()),
+        msr_list: Arc::new(snapshot::kvm::msr_list(kvm)?),
+    })
+}
+
+/// The last step of both recipes: the life-cycle control (vCPU exits,
+/// guest reset, stop signals) and, with a control socket, its server join
+/// the event loop, and the parts become a [`Vmm`].
+fn into_vmm(
+    config: VmConfig,
+    options: VmmOptions,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Vcpu>,
+    ctx: VcpuContext,
+    devices: Devices,
+) -> Result<Vmm, BuildError> {
+    let Devices { mut event_manager, exit, reset_evt, serial, boot_timer, transports, vsock, fs, net, .. } = devices;
+    let control = Arc::new(Mutex::new(VmmControl::new(exit.clone(), reset_evt).map_err(io_err("signal handling"))?));
+    event_manager.add_subscriber(control.clone());
+    let vm = Arc::new(vm);
+    if let Some(path) = &options.api_sock {
+        let controller =
+            Controller::new(vm.clone(), mem, ctx.gate, vcpus.len(), transports, serial.clone(), config.clone());
+        let server =
+            ApiServer::bind(path, controller).map_err(|source| BuildError::Api { path: path.clone(), source })?;
+        event_manager.add_subscriber(Arc::new(Mutex::new(server)));
+    }
+    Ok(Vmm {
+        config,
+        options,
+        _vm: vm,
+        vcpus,
+        event_manager,
+        _control: control,
+        exit,
+        serial,
+        vsock,
+        fs,
+        net,
+        sampler: ctx.sampler,
+        boot_timer,
+    })
 }
 
 /// The tap of a net device: opened by name, or taken over from the

@@ -14,7 +14,6 @@ use kvm_ioctls::VmFd;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::builder::VmmOptions;
 use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::lock;
@@ -25,6 +24,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::jail::seccomp::{self, SeccompMode, ThreadKind};
 use crate::jail::{JailContents, JailError};
+use crate::options::VmmOptions;
 use crate::profiler::RipSampler;
 use crate::symbols::KernelSymbols;
 use crate::vcpu::Vcpu;
@@ -123,7 +123,7 @@ impl MutEventSubscriber for VmmControl {
     }
 }
 
-/// A VM ready to run, assembled by [`Vmm::build`](crate::builder).
+/// A VM ready to run, built by [`Vmm::build`] or [`Vmm::restore`].
 pub struct Vmm {
     pub(crate) config: VmConfig,
     pub(crate) options: VmmOptions,

@@ -99,8 +99,8 @@ impl Fs {
     /// The handshake with an already connected vhost-user backend
     /// (`socket` names it in errors). What the backend answers is checked
     /// like anything else from outside the VMM: the fuzz target
-    /// `fs_vhost_user` answers with arbitrary bytes.
-    pub fn with_frontend(
+    /// `fs_vhost_user` (`crate::fuzz`) answers with arbitrary bytes.
+    pub(crate) fn with_frontend(
         tag: &str,
         socket: &Path,
         mut frontend: Frontend,

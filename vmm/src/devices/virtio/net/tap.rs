@@ -28,9 +28,11 @@ impl super::device::Backend for Tap {
 
 /// A Unix datagram socket as the network side: it keeps frame boundaries
 /// as a tap does. The tap's stand-in in unit tests and fuzz targets.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Debug)]
 pub struct DatagramBackend(pub std::os::unix::net::UnixDatagram);
 
+#[cfg(any(test, feature = "fuzzing"))]
 impl super::Backend for DatagramBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.0.recv(buf)
