@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -214,18 +214,11 @@ fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
 
 /// Checks that KVM has every capability this VMM needs.
 pub fn check_kvm(kvm: &Kvm) -> Result<(), BuildError> {
-    for (cap, name) in [
-        (Cap::Irqchip, "an in-kernel IRQ chip (KVM_CAP_IRQCHIP)"),
-        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
-        (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
-        (Cap::Ioeventfd, "ioeventfd (KVM_CAP_IOEVENTFD)"),
-        (Cap::UserMemory, "user memory regions (KVM_CAP_USER_MEMORY)"),
-    ] {
-        if !kvm.check_extension(cap) {
-            return Err(BuildError::KvmCapability(name));
-        }
+    // The same list `kata-like check` asks, from the contract crate.
+    match kata_like_vmm_contract::kvm::missing_capability(kvm) {
+        Some(name) => Err(BuildError::KvmCapability(name)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Registers `device` at MMIO slot `slot` with its irqfd and ioeventfds and
