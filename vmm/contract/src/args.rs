@@ -122,13 +122,23 @@ impl VmmArgs {
 
     /// The command line (without the program name) that parses back into
     /// `self`. Values are attached (`--flag=value`) so that one starting
-    /// with `-` stays a value.
+    /// with `-` stays a value; a path that is not UTF-8 follows its flag
+    /// as a word of its own. (`--fs`, `--net` and `--serial` values
+    /// are parsed as text: their paths must be UTF-8.)
     pub fn to_argv(&self) -> Vec<OsString> {
         let mut argv = Vec::new();
         let mut flag = |name: &str, value: &OsStr| {
-            let mut arg = OsString::from(format!("--{name}="));
-            arg.push(value);
-            argv.push(arg);
+            if value.to_str().is_some() {
+                let mut arg = OsString::from(format!("--{name}="));
+                arg.push(value);
+                argv.push(arg);
+            } else {
+                // clap splits `--flag=value` only when it is UTF-8; a path
+                // that is not goes as its own word (our paths are absolute,
+                // so it cannot be mistaken for a flag).
+                argv.push(OsString::from(format!("--{name}")));
+                argv.push(value.to_owned());
+            }
         };
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.as_os_str().to_owned());
         let text = |v: Option<String>| v.map(OsString::from);
@@ -452,7 +462,8 @@ mod tests {
         let odd = PathBuf::from(OsStr::from_bytes(b"/tmp/\xff\xfe-state"));
         let args = VmmArgs {
             kernel: Some(odd.clone()),
-            fs: vec![FsConfig { tag: "t".into(), socket: odd.clone() }],
+            initrd: Some(odd.join("initrd")),
+            vsock_uds: Some(odd.join("vsock.sock")),
             ..VmmArgs::new()
         };
         assert_eq!(parse(&args.to_argv()), args);
