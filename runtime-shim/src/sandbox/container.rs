@@ -25,8 +25,8 @@ impl Sandbox {
         rootfs: &Path,
         stdio: &StdioPaths,
     ) -> Result<(u32, ProcessIo), CoreError> {
-        let rel = rootfs::share_rootfs(&self.shared, id, rootfs).map_err(CoreError::Failed)?;
         let added = (|| {
+            let rel = rootfs::share_rootfs(&self.shared, id, rootfs).map_err(CoreError::Failed)?;
             let mut guest = spec.spec.clone();
             let storages = volumes::share_mounts(&mut guest, &self.shared, id).map_err(CoreError::Invalid)?;
             let io = ProcessIo::connect(&self.uds, id, INIT_EXEC_ID, stdio).map_err(CoreError::Failed)?;

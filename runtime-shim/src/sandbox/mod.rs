@@ -115,10 +115,13 @@ impl Sandbox {
         opts: BootOptions,
         bundle: Option<&Path>,
     ) -> Result<Sandbox, CoreError> {
-        let (state, shared) = Sandbox::prepare(config, name).map_err(CoreError::Failed)?;
+        // The marker first: a shim that dies from here on leaves a state
+        // directory that cleanup_after_crash finds.
         if let Some(bundle) = bundle {
+            let state = config.state_root.join(state_dir_name(name));
             let _ = std::fs::write(bundle.join(STATE_LINK), state.display().to_string());
         }
+        let (state, shared) = Sandbox::prepare(config, name).map_err(CoreError::Failed)?;
         Sandbox::boot(config, state.clone(), shared.clone(), opts).map_err(|e| {
             rootfs::remove_dir_mounts(&shared);
             if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {

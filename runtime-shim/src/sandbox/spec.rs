@@ -68,14 +68,21 @@ impl ContainerSpec {
     /// network, hostname and host cgroup.
     pub fn boot_options(&self, config: &RuntimeConfig) -> Result<BootOptions, CoreError> {
         let (vcpus, memory_mib) = pod::vm_size(config, &self.spec).map_err(CoreError::Invalid)?;
-        Ok(BootOptions {
+        Ok(self.boot_options_sized(vcpus, memory_mib))
+    }
+
+    /// As [`Self::boot_options`], with the VM's size given (the standalone
+    /// CLI's VMs have the configuration's size: pod-size annotations are
+    /// the CRI plugin's).
+    pub fn boot_options_sized(&self, vcpus: u8, memory_mib: u32) -> BootOptions {
+        BootOptions {
             vcpus,
             memory_mib,
             netns: self.netns.clone(),
             setup: pod::setup_request(&self.spec),
             cgroups_path: pod::cgroups_path(&self.spec),
             boot_slots: None,
-        })
+        }
     }
 }
 

@@ -145,12 +145,22 @@ impl Lifecycle {
         first
     }
 
-    /// Waits until it has exited.
-    pub async fn wait(&self) -> Exit {
-        let mut rx = self.inner.exit.subscribe();
-        // The sender lives in `self`: the channel cannot close while we wait.
-        let exit = rx.wait_for(Option::is_some).await.map(|exit| *exit).ok().flatten();
-        exit.unwrap_or_else(|| Exit::now(0))
+    /// A watch on its exit that does not keep the task alive: once every
+    /// [`Lifecycle`] clone is gone (the task was deleted unstarted), a
+    /// waiter learns that it will never exit.
+    pub fn exit_watch(&self) -> ExitWatch {
+        ExitWatch(self.inner.exit.subscribe())
+    }
+}
+
+/// See [`Lifecycle::exit_watch`].
+#[derive(Debug)]
+pub struct ExitWatch(watch::Receiver<Option<Exit>>);
+
+impl ExitWatch {
+    /// Waits until the task exits; None if it was dropped without exiting.
+    pub async fn wait(mut self) -> Option<Exit> {
+        self.0.wait_for(Option::is_some).await.map(|exit| *exit).ok().flatten()
     }
 }
 
@@ -194,9 +204,13 @@ mod tests {
     fn waiters_see_the_exit() {
         let task = Lifecycle::created();
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        let waiter = task.clone();
+        let watch = task.exit_watch();
         task.finish(Exit { status: 143, at_ns: 1 });
-        assert_eq!(rt.block_on(waiter.wait()).status, 143);
+        assert_eq!(rt.block_on(watch.wait()).map(|e| e.status), Some(143));
+        let gone = Lifecycle::created();
+        let watch = gone.exit_watch();
+        drop(gone);
+        assert_eq!(rt.block_on(watch.wait()), None, "a task dropped unstarted never exits");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use containerd_shim::{Context, TtrpcResult};
 use kata_like_protocol::agent::UpdateContainerRequest;
 use kata_like_protocol::{AgentClient, AgentClientError};
 
-use super::rpc::{agent_err, blocking, core_err, err, exit_ts};
+use super::rpc::{agent_err, blocking, core_err, err, exit_ts, task_err};
 use super::{bundle, metrics, options};
 use crate::config::RuntimeConfig;
 use crate::sandbox::io::{SharedIo, StdioPaths};
@@ -198,30 +198,40 @@ impl Service {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let added = match self.ensure_sandbox(&req.id, &bundle, &config, &spec).await {
-            Ok(sandbox) => {
-                let (id, st) = (req.id.clone(), stdio.clone());
-                blocking(move || sandbox.add_container(&id, &spec, &root, &st)).await?.map_err(core_err)
+        let undo_bundle = || {
+            if mounted_bundle {
+                bundle::unmount_rootfs(&bundle);
             }
-            Err(e) => Err(e),
         };
+        let sandbox = match self.ensure_sandbox(&req.id, &bundle, &config, &spec).await {
+            Ok(sandbox) => sandbox,
+            Err(e) => {
+                undo_bundle();
+                return Err(e);
+            }
+        };
+        let (id, st, sb) = (req.id.clone(), stdio.clone(), sandbox.clone());
+        let added = blocking(move || sb.add_container(&id, &spec, &root, &st)).await?;
         let (pid, io) = match added {
             Ok(v) => v,
             Err(e) => {
-                if mounted_bundle {
-                    bundle::unmount_rootfs(&bundle);
-                }
+                undo_bundle();
                 if self.containers().is_empty() {
                     self.destroy_sandbox().await;
                 }
-                return Err(e);
+                return Err(task_err(e));
             }
         };
         let mut proc = Proc::new(stdio, Vec::new());
         proc.pid = pid;
         *proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(io);
-        let container = Container { bundle, mounted_bundle, virtual_sandbox: false, init: proc, execs: HashMap::new() };
+        let container =
+            Container { bundle, mounted_bundle, virtual_sandbox: false, init: proc.clone(), execs: HashMap::new() };
         self.containers().insert(req.id.clone(), container);
+        // The init exists in the guest from now on, started or not: as
+        // runc's shim reaps its init whenever it dies, its exit is reported
+        // from here (a created task that is killed, never started, exits).
+        self.watch_exit(sandbox, req.id.clone(), String::new(), proc);
         Ok((pid, mounted_bundle))
     }
 
@@ -441,14 +451,17 @@ impl Task for Service {
             Ok(pid)
         })
         .await?
-        .map_err(core_err)?;
+        .map_err(task_err)?;
         self.update_proc(&req.id, &req.exec_id, |p| p.pid = pid);
         // The sandbox watcher may have ended it meanwhile (the VM died while
         // the start was in flight): then it stays stopped.
         proc.task.started();
-        let mut proc = proc;
-        proc.pid = pid;
-        self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
+        if !req.exec_id.is_empty() {
+            // An init's exit is watched from its create.
+            let mut proc = proc;
+            proc.pid = pid;
+            self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
+        }
         if req.exec_id.is_empty() {
             log::info!("phase running {}", req.id);
         }
@@ -642,7 +655,10 @@ impl Task for Service {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        let exit = self.proc(&req.id, &req.exec_id)?.task.wait().await;
+        // Only a watch is held: a task deleted before it started ends the
+        // wait (containerd's exec path waits before a start that may fail).
+        let watch = self.proc(&req.id, &req.exec_id)?.task.exit_watch();
+        let exit = watch.wait().await.ok_or_else(|| err(Code::INTERNAL, "exit channel closed"))?;
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: protobuf::MessageField::some(exit_ts(&exit)),

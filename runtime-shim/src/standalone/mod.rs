@@ -214,7 +214,7 @@ fn monitor(
     forwarded.add(Signal::SIGWINCH);
     forwarded.thread_block().map_err(|e| StandaloneError::Failed(format!("blocking signals: {e}")))?;
 
-    let mut boot = spec.boot_options(&config)?;
+    let mut boot = spec.boot_options_sized(config.vcpus, config.memory_mib);
     boot.boot_slots = Some(boot_slots);
     let sandbox = Sandbox::start(&config, state::VM_DIR, boot, None)?;
     let stdio = StdioPaths { stdin: "fd://0".into(), stdout: "fd://1".into(), stderr: "fd://2".into(), terminal };

@@ -105,7 +105,7 @@ impl Confinement {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if config.jail && !root {
-            tracing::warn!("jail = true needs root; the VMM runs unjailed (seccomp filters still apply)");
+            log::warn!("jail = true needs root; the VMM runs unjailed (seccomp filters still apply)");
         }
         Confinement {
             jail: (config.jail && root).then_some((config.jail_uid, config.jail_gid)),

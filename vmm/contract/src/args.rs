@@ -21,9 +21,12 @@ pub const DEFAULT_SERIAL_LIMIT: u64 = 8 << 20;
 /// synchronise with timer interrupts.
 pub const DEFAULT_PROFILE_INTERVAL_US: u64 = 7_919;
 
+/// Default log filter (`--log-level`).
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+
 /// `kata-like-vmm`'s arguments.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
-#[command(name = "kata-like-vmm", version, about = "kata-like KVM microVM monitor")]
+#[command(name = "kata-like-vmm", version, about = "kata-like KVM microVM monitor", args_override_self = true)]
 pub struct VmmArgs {
     /// VM config file (JSON, or TOML when it ends in .toml); flags override it.
     #[arg(long)]
@@ -109,7 +112,7 @@ pub struct VmmArgs {
     #[arg(long)]
     pub print_cpuid: bool,
     /// Log filter (tracing syntax); RUST_LOG also works.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = DEFAULT_LOG_LEVEL)]
     pub log_level: String,
 }
 
@@ -117,7 +120,11 @@ impl VmmArgs {
     /// Arguments with clap's defaults: nothing set but the seccomp mode,
     /// the sampling interval and the log level.
     pub fn new() -> VmmArgs {
-        VmmArgs { profile_interval_us: DEFAULT_PROFILE_INTERVAL_US, log_level: "info".into(), ..VmmArgs::default() }
+        VmmArgs {
+            profile_interval_us: DEFAULT_PROFILE_INTERVAL_US,
+            log_level: DEFAULT_LOG_LEVEL.into(),
+            ..VmmArgs::default()
+        }
     }
 
     /// The command line (without the program name) that parses back into
@@ -155,13 +162,20 @@ impl VmmArgs {
             ("cpu-template", text(self.cpu_template.map(|v| v.to_string()))),
             ("serial", self.serial.as_ref().map(SerialOutput::to_arg)),
             ("profile-rip", path(&self.profile_rip)),
-            ("profile-interval-us", text(Some(self.profile_interval_us.to_string()))),
+            // Defaults are left out, so that extra arguments appended by the
+            // caller (`kata-like vm exec --vmm-arg`) read as the only ones.
+            (
+                "profile-interval-us",
+                text(
+                    Some(self.profile_interval_us).filter(|v| *v != DEFAULT_PROFILE_INTERVAL_US).map(|v| v.to_string()),
+                ),
+            ),
             ("api-sock", path(&self.api_sock)),
             ("restore", path(&self.restore)),
             ("jail", path(&self.jail)),
             ("jail-uid", text(self.jail_uid.map(|v| v.to_string()))),
             ("jail-gid", text(self.jail_gid.map(|v| v.to_string()))),
-            ("seccomp", text(Some(self.seccomp.to_string()))),
+            ("seccomp", text(Some(self.seccomp).filter(|m| *m != SeccompMode::default()).map(|m| m.to_string()))),
             ("serial-limit", text(self.serial_limit.map(|v| v.to_string()))),
         ];
         for (name, value) in singles {
@@ -175,7 +189,9 @@ impl VmmArgs {
         for net in &self.net {
             flag("net", OsStr::new(&net.to_string()));
         }
-        flag("log-level", OsStr::new(&self.log_level));
+        if self.log_level != DEFAULT_LOG_LEVEL {
+            flag("log-level", OsStr::new(&self.log_level));
+        }
         if self.print_seccomp {
             argv.push("--print-seccomp".into());
         }
@@ -455,6 +471,18 @@ mod tests {
         let print = VmmArgs { print_seccomp: true, print_cpuid: true, ..VmmArgs::new() };
         assert_eq!(parse(&print.to_argv()), print);
         assert_eq!(parse(&[]), VmmArgs::new(), "new() holds clap's defaults");
+        assert!(VmmArgs::new().to_argv().is_empty(), "defaults are not printed");
+    }
+
+    #[test]
+    fn extra_arguments_appended_by_a_caller_win() {
+        let args = VmmArgs { kernel: Some("/k".into()), log_level: "warn".into(), ..VmmArgs::new() };
+        let mut argv = args.to_argv();
+        argv.push("--log-level=debug".into());
+        argv.push("--seccomp=log".into());
+        let parsed = parse(&argv);
+        assert_eq!(parsed.log_level, "debug");
+        assert_eq!(parsed.seccomp, SeccompMode::Log);
     }
 
     #[test]
