@@ -71,7 +71,7 @@ containerd_matrix() {
         tested+=("$version")
         [ "$bindir" = "$system" ] && continue
         say "containerd $version ($bindir)"
-        KATA_LIKE_CONTAINERD_BIN=$bindir KATA_LIKE_TEST_VM_TEMPLATES=1 \
+        KATA_LIKE_CONTAINERD_BIN=$bindir \
             cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1 \
             ctr_run_output_exit_code_env_cwd_user_and_stdin exec_pids_pause_resume_stats_and_signals \
             ctr_run_with_a_terminal_is_interactive_and_sized containerd_restart a_shim_containerd

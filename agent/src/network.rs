@@ -123,6 +123,9 @@ fn validate(req: &ConfigureNetworkRequest) -> Result<(), String> {
         if parse_mac(&iface.mac).is_none() {
             return Err(format!("interfaces[{i}].mac {:?} is not aa:bb:cc:dd:ee:ff", iface.mac));
         }
+        if !iface.new_mac.is_empty() && parse_mac(&iface.new_mac).is_none() {
+            return Err(format!("interfaces[{i}].new_mac {:?} is not aa:bb:cc:dd:ee:ff", iface.new_mac));
+        }
         if iface.name.is_empty() || iface.name.len() > 15 || iface.name.contains(['/', ' ', '\0']) {
             return Err(format!("interfaces[{i}].name {:?} is not an interface name", iface.name));
         }
@@ -218,12 +221,26 @@ fn configure_interface(nl: &mut Netlink, links: &[RouteNetlinkMessage], iface: &
     let index = link.header.index;
     let name = &iface.name;
     let current = link.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n) } else { None });
-    if current != Some(name) {
-        // A name changes only while the link is down.
+    let new_mac = parse_mac(&iface.new_mac).filter(|new| *new != mac);
+    if current != Some(name) || new_mac.is_some() {
+        // A name (and, for a NIC without live address change, a MAC)
+        // changes only while the link is down.
         let mut down = LinkMessage::default();
         down.header.index = index;
         down.header.change_mask = LinkFlags::Up;
         nl.change(&format!("taking link {index} down"), RouteNetlinkMessage::SetLink(down), 0)?;
+    }
+    if let Some(new) = new_mac {
+        let mut readdress = LinkMessage::default();
+        readdress.header.index = index;
+        readdress.attributes.push(LinkAttribute::Address(new));
+        nl.change(
+            &format!("changing link {index}'s MAC from {} to {}", iface.mac, iface.new_mac),
+            RouteNetlinkMessage::SetLink(readdress),
+            0,
+        )?;
+    }
+    if current != Some(name) {
         let mut rename = LinkMessage::default();
         rename.header.index = index;
         rename.attributes.push(LinkAttribute::IfName(name.clone()));
@@ -325,6 +342,11 @@ mod tests {
                 let mut r = req.clone();
                 r.interfaces[0].mac = "02:00:0a:d7:00".into();
                 (r, "interfaces[0].mac")
+            },
+            {
+                let mut r = req.clone();
+                r.interfaces[0].new_mac = "02:00:0a:d7:00:02:03".into();
+                (r, "interfaces[0].new_mac")
             },
             {
                 let mut r = req.clone();

@@ -190,6 +190,40 @@ fn check_containerd(config_path: &Path) -> Vec<Finding> {
     out
 }
 
+/// Whether templates exist for the configured shapes: the default sandbox
+/// (no NIC) and the default pod (a NIC slot of MTU 1500).
+fn check_templates(config: &RuntimeConfig) -> Vec<Finding> {
+    use crate::sandbox::template;
+    if !config.vm_templates {
+        return vec![Finding::new(
+            Status::Pass,
+            "VM templates",
+            "off (vm_templates = false): every sandbox boots cold",
+            None,
+        )];
+    }
+    let shapes = [
+        (template::Shape::default_for(config), "kata-like snapshot create"),
+        (template::Shape::default_pod_for(config), "kata-like snapshot create --nic"),
+    ];
+    shapes
+        .into_iter()
+        .map(|(shape, create)| {
+            let what = format!("VM template ({shape})");
+            match template::find(config, &shape) {
+                Ok((dir, true)) => Finding::new(Status::Pass, &what, dir.display().to_string(), None),
+                Ok((dir, false)) => Finding::new(
+                    Status::Warn,
+                    &what,
+                    format!("none yet in {}: the first sandbox of this shape builds it (one cold boot)", dir.display()),
+                    Some(create),
+                ),
+                Err(e) => Finding::new(Status::Warn, &what, format!("cannot tell: {e}"), None),
+            }
+        })
+        .collect()
+}
+
 /// Runs every check against `config`.
 pub fn run(config: &RuntimeConfig) -> Vec<Finding> {
     let mut out = check_kvm();
@@ -219,12 +253,38 @@ pub fn run(config: &RuntimeConfig) -> Vec<Finding> {
     out.push(check_tun());
     out.push(check_cgroups());
     out.extend(check_containerd(Path::new("/etc/containerd/config.toml")));
+    out.extend(check_templates(config));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_are_reported_per_configured_shape() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut config = RuntimeConfig { template_dir: Some(dir.path().join("t")), ..Default::default() };
+        for (name, field) in [("vmm", &mut config.vmm), ("vmlinux", &mut config.kernel), ("initrd", &mut config.initrd)]
+        {
+            std::fs::write(dir.path().join(name), name).expect("write");
+            *field = dir.path().join(name);
+        }
+        let found = check_templates(&config);
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|f| f.status == Status::Warn && f.detail.contains("none yet")), "{found:?}");
+        assert_eq!(found[1].fix.as_deref(), Some("kata-like snapshot create --nic"));
+        let (pod_dir, _) =
+            crate::sandbox::template::find(&config, &crate::sandbox::template::Shape::default_pod_for(&config))
+                .expect("key");
+        std::fs::create_dir_all(&pod_dir).expect("mkdir");
+        std::fs::write(pod_dir.join(kata_like_vmm_contract::snapshot::STATE_FILE), "x").expect("write");
+        let found = check_templates(&config);
+        assert_eq!((found[0].status, found[1].status), (Status::Warn, Status::Pass));
+        assert!(found[1].what.contains("NIC slot (MTU 1500)"), "{}", found[1].what);
+        config.vm_templates = false;
+        assert!(check_templates(&config)[0].detail.contains("every sandbox boots cold"));
+    }
 
     #[test]
     fn kvm_kind_tells_hardware_from_nested() {

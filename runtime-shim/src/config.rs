@@ -66,8 +66,10 @@ pub struct RuntimeConfig {
     pub max_vcpus: u8,
     /// `io.kata-like.vm.*` annotations pods may use to size their VM.
     pub enable_annotations: Vec<String>,
-    /// Start sandboxes without a pod NIC by restoring a snapshot of a booted
-    /// guest (a VM template, created on first use) instead of booting.
+    /// Start sandboxes (pods included) by restoring a snapshot of a booted
+    /// guest of their shape (a VM template, created on first use) instead of
+    /// booting; default true. A template that cannot be used falls back to a
+    /// cold boot. `false`: every sandbox boots cold.
     pub vm_templates: bool,
     /// Where VM templates are kept (default: `<state_root>/templates`).
     pub template_dir: Option<PathBuf>,
@@ -108,7 +110,7 @@ impl Default for RuntimeConfig {
             max_memory_mib: 16384,
             max_vcpus: 16,
             enable_annotations: Vec::new(),
-            vm_templates: false,
+            vm_templates: true,
             template_dir: None,
             jail: true,
             jail_uid: DEFAULT_JAIL_ID,

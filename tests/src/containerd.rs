@@ -56,22 +56,16 @@ fn program(name: &str) -> PathBuf {
     containerd_bin_dir().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// Runtime config lines that make sandboxes restore the suite's shared VM
-/// template instead of booting cold.
+/// The runtime config line that makes sandboxes restore the suite's shared
+/// VM templates (`vm_templates` is on by default): every test containerd
+/// has it unless its extra config names a `template_dir` of its own. A
+/// cold-boot test adds `vm_templates = false` ([`COLD_BOOT`]).
 pub fn templated_runtime_config() -> String {
-    format!("vm_templates = true\ntemplate_dir = \"{}\"\n", crate::sandbox::template_dir().display())
+    format!("template_dir = \"{}\"\n", crate::sandbox::template_dir().display())
 }
 
-/// Extra runtime config of every test containerd: with
-/// `KATA_LIKE_TEST_VM_TEMPLATES=1` (the version matrix) its sandboxes
-/// restore the suite's shared VM template.
-fn template_config() -> String {
-    if std::env::var_os("KATA_LIKE_TEST_VM_TEMPLATES").is_some_and(|v| v == "1") {
-        templated_runtime_config()
-    } else {
-        String::new()
-    }
-}
+/// Extra runtime config for the one cold-boot test of a path.
+pub const COLD_BOOT: &str = "vm_templates = false\n";
 
 fn image_tar() -> PathBuf {
     kata_like_runtime::artifacts::cache_dir().join("images/busybox.tar")
@@ -103,7 +97,7 @@ impl Containerd {
     }
 
     /// [`Containerd::start`] with more lines in the kata-like runtime
-    /// config (e.g. `vm_templates = true`).
+    /// config (e.g. [`COLD_BOOT`]).
     pub fn start_with_runtime_config(extra: &str) -> Result<Containerd, String> {
         Self::start_with(None, extra)
     }
@@ -115,8 +109,9 @@ impl Containerd {
     /// on 127.0.0.1, and `io.kata-like.*` pod annotations passed to us.
     /// `restrict_oom_score_adj`: this host (a container itself) may not
     /// lower oom_score_adj, which CRI asks for the sandbox (-998).
-    pub fn start_cri(cni_conf_dir: &Path) -> Result<Containerd, String> {
-        Self::start_with(Some(cni_conf_dir), "")
+    /// `extra`: more kata-like runtime config lines (e.g. [`COLD_BOOT`]).
+    pub fn start_cri(cni_conf_dir: &Path, extra: &str) -> Result<Containerd, String> {
+        Self::start_with(Some(cni_conf_dir), extra)
     }
 
     fn start_with(cni_conf_dir: Option<&Path>, extra_runtime_config: &str) -> Result<Containerd, String> {
@@ -125,25 +120,24 @@ impl Containerd {
         let socket = d.join("containerd.sock");
         let kata_state = d.join("kata-state");
         let kata_config = d.join("kata-like.toml");
-        std::fs::write(
-            &kata_config,
-            // Generous timeouts: guest kernel work is emulated here, and a
-            // guest booting beside others (containers starting in booted
-            // VMs) takes twice as long. Two boot slots whatever the host's
-            // CPU count, so the tests of queued boots know the limit.
-            format!(
-                "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 1200\nrpc_timeout_secs = 240\n\
-                 max_concurrent_boots = {BOOT_SLOTS}\n{templates}{extra_runtime_config}",
-                kata_state.display(),
-                templates =
-                    if extra_runtime_config.contains("vm_templates") { String::new() } else { template_config() },
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        // Generous timeouts: guest kernel work is emulated here, and a guest
+        // booting beside others (containers starting in booted VMs) takes
+        // twice as long. Two boot slots whatever the host's CPU count, so
+        // the tests of queued boots know the limit.
+        let base = format!(
+            "state_root = \"{}\"\nmemory_mib = 128\nboot_timeout_secs = 1200\nrpc_timeout_secs = 240\n\
+             max_concurrent_boots = {BOOT_SLOTS}\n",
+            kata_state.display()
+        );
+        let templates =
+            if extra_runtime_config.contains("template_dir") { String::new() } else { templated_runtime_config() };
+        std::fs::write(&kata_config, format!("{base}{templates}{extra_runtime_config}")).map_err(|e| e.to_string())?;
         let bad_config = d.join("bad-config.toml");
         std::fs::write(&bad_config, "memory_mib = 128\nno_such_option = true\n").map_err(|e| e.to_string())?;
+        let cold_config = d.join("cold-config.toml");
+        std::fs::write(&cold_config, format!("{base}{COLD_BOOT}")).map_err(|e| e.to_string())?;
         let config = d.join("config.toml");
-        let cri = cni_conf_dir.map(|conf| (conf, bad_config.as_path()));
+        let cri = cni_conf_dir.map(|conf| CriConfigs { conf_dir: conf, bad: &bad_config, cold: &cold_config });
         let text = daemon_config(containerd_version()?, &d.join("root"), &d.join("state"), &socket, cri);
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
         let release = crate::workspace_root().join("target/release");
@@ -357,6 +351,19 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 
 /// A CRI runtime handler whose kata-like config has an unknown option.
 pub const BAD_CONFIG_HANDLER: &str = "kata-like-bad-config";
+/// A CRI runtime handler whose pods boot cold (`vm_templates = false`),
+/// otherwise configured as `kata-like`.
+pub const COLD_HANDLER: &str = "kata-like-cold";
+
+/// The CRI parts of a test containerd's config.
+struct CriConfigs<'a> {
+    /// CNI configs.
+    conf_dir: &'a Path,
+    /// [`BAD_CONFIG_HANDLER`]'s kata-like config.
+    bad: &'a Path,
+    /// [`COLD_HANDLER`]'s.
+    cold: &'a Path,
+}
 
 /// The (major, minor) version of the containerd under test.
 pub fn containerd_version() -> Result<(u32, u32), String> {
@@ -377,9 +384,9 @@ pub fn containerd_version() -> Result<(u32, u32), String> {
 /// (docs/kubernetes.md): config version 2 for 1.x, version 3 for 2.x (the
 /// CRI plugin split into `io.containerd.cri.v1.runtime` and
 /// `io.containerd.cri.v1.images`; the streaming server stays in
-/// `io.containerd.grpc.v1.cri`). With `cri`, CNI configs from its first
-/// path and [`BAD_CONFIG_HANDLER`] using the config at its second.
-fn daemon_config(version: (u32, u32), root: &Path, state: &Path, socket: &Path, cri: Option<(&Path, &Path)>) -> String {
+/// `io.containerd.grpc.v1.cri`). With `cri`, its CNI configs and the
+/// [`BAD_CONFIG_HANDLER`] and [`COLD_HANDLER`] runtimes.
+fn daemon_config(version: (u32, u32), root: &Path, state: &Path, socket: &Path, cri: Option<CriConfigs>) -> String {
     let (config_version, runtime, images) = if version.0 >= 2 {
         (3, "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images")
     } else {
@@ -405,24 +412,28 @@ fn daemon_config(version: (u32, u32), root: &Path, state: &Path, socket: &Path, 
     }
     let runtimes = format!("plugins.\"{runtime}\".containerd.runtimes");
     text += &format!("[{runtimes}.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n");
-    text +=
-        &format!("[{runtimes}.kata-like]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.kata-like.*\"]\n");
-    // The CRI sandbox mode (1.7: sandbox_mode, 2.x: sandboxer): the pause
-    // container runs in the pod's VM, as on 1.6.
-    if version.0 >= 2 {
-        text += "  sandboxer = \"podsandbox\"\n";
-    } else if version >= (1, 7) {
-        text += "  sandbox_mode = \"podsandbox\"\n";
-    }
-    if let Some((conf_dir, bad_config)) = cri {
+    let kata_like = |name: &str, config: Option<&Path>| {
+        let mut block =
+            format!("[{runtimes}.{name}]\n  runtime_type = \"{RUNTIME}\"\n  pod_annotations = [\"io.kata-like.*\"]\n");
+        // The CRI sandbox mode (1.7: sandbox_mode, 2.x: sandboxer): the
+        // pause container runs in the pod's VM, as on 1.6.
+        if version.0 >= 2 {
+            block += "  sandboxer = \"podsandbox\"\n";
+        } else if version >= (1, 7) {
+            block += "  sandbox_mode = \"podsandbox\"\n";
+        }
+        if let Some(config) = config {
+            block += &format!("[{runtimes}.{name}.options]\n  ConfigPath = \"{}\"\n", config.display());
+        }
+        block
+    };
+    text += &kata_like("kata-like", None);
+    if let Some(cri) = cri {
         // `bin_dirs` replaced `bin_dir` in containerd 2.1.
         let bin = if version >= (2, 1) { "bin_dirs = [\"/usr/lib/cni\"]" } else { "bin_dir = \"/usr/lib/cni\"" };
-        text += &format!("[plugins.\"{runtime}\".cni]\n  {bin}\n  conf_dir = \"{}\"\n", conf_dir.display());
-        text += &format!(
-            "[{runtimes}.{BAD_CONFIG_HANDLER}]\n  runtime_type = \"{RUNTIME}\"\n\
-             [{runtimes}.{BAD_CONFIG_HANDLER}.options]\n  ConfigPath = \"{}\"\n",
-            bad_config.display()
-        );
+        text += &format!("[plugins.\"{runtime}\".cni]\n  {bin}\n  conf_dir = \"{}\"\n", cri.conf_dir.display());
+        text += &kata_like(BAD_CONFIG_HANDLER, Some(cri.bad));
+        text += &kata_like(COLD_HANDLER, Some(cri.cold));
     }
     text
 }

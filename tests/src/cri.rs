@@ -190,8 +190,14 @@ pub struct Cri {
 impl Cri {
     /// Starts containerd with CRI on a fresh CNI bridge and connects.
     pub fn start() -> Result<Cri, String> {
+        Cri::start_with("")
+    }
+
+    /// [`Cri::start`] with more kata-like runtime config lines (e.g.
+    /// [`crate::containerd::COLD_BOOT`]).
+    pub fn start_with(extra_runtime_config: &str) -> Result<Cri, String> {
         let network = CniBridge::new()?;
-        let containerd = Containerd::start_cri(&network.conf_dir())?;
+        let containerd = Containerd::start_cri(&network.conf_dir(), extra_runtime_config)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -260,7 +266,13 @@ impl Cri {
 
     /// RunPodSandbox with our handler; the pod's id.
     pub fn run_pod(&self, config: &PodSandboxConfig) -> Result<String, tonic::Status> {
-        let req = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: HANDLER.into() };
+        self.run_pod_with(config, HANDLER)
+    }
+
+    /// [`Cri::run_pod`] with runtime handler `handler` (e.g.
+    /// [`crate::containerd::COLD_HANDLER`]).
+    pub fn run_pod_with(&self, config: &PodSandboxConfig, handler: &str) -> Result<String, tonic::Status> {
+        let req = RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
         self.call(|mut c| async move { c.run_pod_sandbox(req).await }).map(|r| r.pod_sandbox_id)
     }
 

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use test_infra::containerd::{Containerd, IMAGE, IMAGE_USER, RUNTIME};
 
+/// A private containerd whose sandboxes restore the suite's VM templates
+/// (the default; one test per path boots cold: [`setup_cold`]).
 fn setup(test: &str) -> Option<Containerd> {
     setup_with(test, "")
 }
 
-/// [`setup`] with sandboxes restored from the suite's VM template (tests
-/// that are not about booting).
-fn setup_templated(test: &str) -> Option<Containerd> {
-    setup_with(test, &test_infra::containerd::templated_runtime_config())
+/// [`setup`] with `vm_templates = false`: this path's cold-boot test.
+fn setup_cold(test: &str) -> Option<Containerd> {
+    setup_with(test, test_infra::containerd::COLD_BOOT)
 }
 
 /// A private containerd whose kata-like runtime config has `extra` lines.
@@ -314,7 +315,8 @@ fn seq_output(n: u32) -> String {
 #[test]
 #[ignore = "boots a microVM through containerd"]
 fn large_output_arrives_complete_and_in_order() {
-    let Some(c) = setup("large_output_arrives_complete_and_in_order") else { return };
+    // The containerd path's cold-boot test (the others restore templates).
+    let Some(c) = setup_cold("large_output_arrives_complete_and_in_order") else { return };
     // ~9 MB: every byte crosses the guest kernel, which is emulated here
     // (tens of seconds per MiB), so CI stays under 100 MB; the 100 MB check
     // is `bench_output` (docs/benchmarks.md). The process exits right after
@@ -351,7 +353,7 @@ fn wait_status(c: &Containerd, id: &str, want: &str, timeout: Duration) {
 #[test]
 #[ignore = "boots a microVM through containerd"]
 fn containerd_restart_keeps_running_containers_reachable() {
-    let Some(mut c) = setup_templated("containerd_restart_keeps_running_containers_reachable") else { return };
+    let Some(mut c) = setup("containerd_restart_keeps_running_containers_reachable") else { return };
     let id = "survivor";
     ok(&c, &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", "trap 'exit 7' TERM; sleep 600 & wait"]);
     wait_status(&c, id, "RUNNING", Duration::from_secs(300));
@@ -382,7 +384,7 @@ fn containerd_restart_keeps_running_containers_reachable() {
 #[test]
 #[ignore = "boots a microVM through containerd"]
 fn a_shim_containerd_gives_up_on_ends_with_its_vm() {
-    let Some(mut c) = setup_templated("a_shim_containerd_gives_up_on_ends_with_its_vm") else { return };
+    let Some(mut c) = setup("a_shim_containerd_gives_up_on_ends_with_its_vm") else { return };
     let id = "abandoned";
     ok(&c, &["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
     wait_status(&c, id, "RUNNING", Duration::from_secs(300));

@@ -10,7 +10,7 @@ use k8s_cri::v1::{
     AttachRequest, ContainerStatsRequest, ExecRequest, LinuxContainerResources, PodSandboxStatsRequest,
     PortForwardRequest, UpdateContainerResourcesRequest,
 };
-use test_infra::containerd::BAD_CONFIG_HANDLER;
+use test_infra::containerd::{BAD_CONFIG_HANDLER, COLD_HANDLER};
 use test_infra::cri::Cri;
 use test_infra::cri_stream::Session;
 
@@ -292,8 +292,11 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
 
     // Pod → pod over the bridge, between two VMs (pod a still serves after
     // the failed container).
+    // Pod b boots cold (the CRI path's cold-boot test); pod a was restored
+    // from the pod template, so this also shows the restored NIC took pod
+    // a's MAC (the bridge delivers to it) and addresses.
     let pod_b = cri.pod_config("kl-pod-b");
-    let b = cri.run_pod(&pod_b).unwrap_or_else(|e| panic!("RunPodSandbox b: {e}{}", ctx(&cri)));
+    let b = cri.run_pod_with(&pod_b, COLD_HANDLER).unwrap_or_else(|e| panic!("RunPodSandbox b: {e}{}", ctx(&cri)));
     assert_ne!(cri.pod_ip(&b).expect("ip b"), ip_a);
     assert_eq!(test_infra::vmm_processes_with(&state).len(), 2, "one VM per pod");
     let fetch = format!("until wget -q -O - http://{ip_a}:8080/; do sleep 1; done");
@@ -313,6 +316,8 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     let left = cri.containerd.wait_clean(Duration::from_secs(60));
     assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(&cri));
     assert!(cri.network.ports().is_empty(), "veths left on {}: {:?}", cri.network.bridge, cri.network.ports());
+    let restored = cri.containerd.log_lines_with("restored from template");
+    assert_eq!(restored.lines().count(), 1, "pod a restored, pod b cold:\n{restored}");
     let new_netns: Vec<String> = Cri::cni_netns().into_iter().filter(|n| !netns_before.contains(n)).collect();
     assert!(new_netns.is_empty(), "network namespaces left: {new_netns:?}");
     for pod in ["kl-pod-a", "kl-pod-b"] {
@@ -359,12 +364,38 @@ fn bad_pod_configs_are_refused_with_the_reason_and_leave_nothing() {
 #[ignore = "boots a microVM through containerd's CRI plugin"]
 fn pod_smoke_run_exec_logs_stop_remove() {
     let Some(cri) = setup("pod_smoke_run_exec_logs_stop_remove") else { return };
-    let pod = cri.pod_config("kl-smoke");
-    let id = cri.run_pod(&pod).unwrap_or_else(|e| panic!("RunPodSandbox: {e}{}", ctx(&cri)));
-    let app = Cri::container_config("app", &["sh", "-c", "echo hello-from-app; exec sleep 600"]);
-    let app = cri.start_container(&id, &pod, app).unwrap_or_else(|e| panic!("app: {e}{}", ctx(&cri)));
-    let (code, out, err) = cri.exec_sync(&app, &["sh", "-c", "echo exec-$((6*7))"]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((code, out.as_str(), err.as_str()), (0, "exec-42\n", ""), "ExecSync{}", ctx(&cri));
+    // Two pods restored from one pod template: each has its own identity.
+    let mut ids = Vec::new();
+    let mut identities = Vec::new();
+    for name in ["kl-smoke", "kl-smoke-2"] {
+        let pod = cri.pod_config(name);
+        let id = cri.run_pod(&pod).unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}{}", ctx(&cri)));
+        let app = Cri::container_config("app", &["sh", "-c", "echo hello-from-app; exec sleep 600"]);
+        let app = cri.start_container(&id, &pod, app).unwrap_or_else(|e| panic!("app: {e}{}", ctx(&cri)));
+        let (code, out, err) =
+            cri.exec_sync(&app, &["sh", "-c", "echo exec-$((6*7))"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((code, out.as_str(), err.as_str()), (0, "exec-42\n", ""), "ExecSync{}", ctx(&cri));
+        let script = "cat /sys/class/net/eth0/address; ip -o -4 addr show eth0 | awk '{print $4}'; \
+                      head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo";
+        let (code, out, err) = cri.exec_sync(&app, &["sh", "-c", script]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(code, 0, "{out}{err}");
+        let lines: Vec<String> = out.lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 3, "mac, address, random bytes: {out:?}");
+        let ip = cri.pod_ip(&id).unwrap_or_else(|e| panic!("{e}{}", ctx(&cri)));
+        assert!(lines[1].starts_with(&format!("{ip}/")), "the guest has the pod's IP {ip}: {out:?}");
+        assert_ne!(lines[0], "02:6b:6c:00:00:01", "the guest NIC took the pod's MAC, not the template's");
+        identities.push(lines);
+        ids.push((id, app));
+    }
+    let restored = cri.containerd.log_lines_with("restored from template");
+    assert_eq!(restored.lines().count(), 2, "both pods restored from the pod template:\n{restored}");
+    for (i, what) in ["MAC", "IP", "RNG output"].iter().enumerate() {
+        assert_ne!(identities[0][i], identities[1][i], "two pods restored from one template share their {what}");
+    }
+    let (other, other_app) = ids.pop().expect("two pods");
+    cri.stop_container(&other_app, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    cri.remove_pod(&other).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
+    let (id, app) = ids.pop().expect("a pod");
     let log = cri.log_file("kl-smoke", "app");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("stdout F hello-from-app") {

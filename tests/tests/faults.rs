@@ -7,9 +7,11 @@
 //! flooding its console, and a container filling its memory limit, each
 //! with the same checks.
 //!
-//! Sandboxes start from a VM template (`vm_templates = true`): a restore
-//! takes seconds where a cold boot takes tens, which is what makes hundreds
-//! of container lives affordable. Two workers run at once (the boot slots).
+//! Sandboxes start from VM templates (the default): a restore takes
+//! seconds where a cold boot takes tens, which is what makes hundreds of
+//! container lives affordable. Every other life of the kill loop is a pod's
+//! (a CNI-style network namespace, `ctr run --with-ns network:…`), so the
+//! pod template's NIC slot is killed at random points too. Two workers run at once (the boot slots).
 //! The seed of the random kill points is printed; `KATA_LIKE_FAULT_SEED`
 //! replays it, and `KATA_LIKE_FAULT_TARGETS=virtiofsd,agent` limits the
 //! kills to those components.
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use kata_like_protocol::agent::RunProcessRequest;
 use kata_like_protocol::AgentClient;
 use test_infra::containerd::{Containerd, IMAGE, RUNTIME};
+use test_infra::netns::PodNetns;
 
 /// What gets killed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,16 +61,15 @@ fn setup(test: &str) -> Option<Containerd> {
     setup_with(test, "")
 }
 
-/// A private containerd whose runtime config uses VM templates, plus
-/// `extra` config lines.
+/// A private containerd whose sandboxes restore the suite's VM templates
+/// (the default), plus `extra` config lines.
 fn setup_with(test: &str, extra: &str) -> Option<Containerd> {
     test_infra::vm_test(test)?;
     if let Some(reason) = test_infra::containerd::unavailable() {
         test_infra::skip(test, &reason);
         return None;
     }
-    let config = format!("vm_templates = true\n{extra}");
-    Some(Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{test}: {e}")))
+    Some(Containerd::start_with_runtime_config(extra).unwrap_or_else(|e| panic!("{test}: {e}")))
 }
 
 /// The targets to kill: all, or those `KATA_LIKE_FAULT_TARGETS` names
@@ -209,11 +211,32 @@ fn shell(script: &str, timeout: Duration) -> RunProcessRequest {
     req
 }
 
-/// One container life ended by a kill: returns what was observed.
-fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Result<(String, Duration), String> {
+/// A pod network namespace for life number `tag` (a CNI-style veth; its
+/// own /24 so two lives at once never share a subnet).
+fn pod_netns(tag: u32) -> Result<PodNetns, String> {
+    let net = 10 + tag % 240;
+    PodNetns::create(tag, &format!("10.241.{net}.1/24"), &format!("10.241.{net}.2/24"), &format!("10.241.{net}.1"))
+}
+
+/// One container life ended by a kill: returns what was observed. With
+/// `netns` the sandbox has a pod NIC there (`--with-ns network:…`), so it
+/// restores the pod template.
+fn one_life(
+    c: &Containerd,
+    id: &str,
+    target: Target,
+    kill_at: Duration,
+    netns: Option<&PodNetns>,
+) -> Result<(String, Duration), String> {
     let started = Instant::now();
+    let with_ns = netns.map(|ns| format!("network:{}", ns.path()));
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    if let Some(with_ns) = &with_ns {
+        args.extend(["--with-ns", with_ns.as_str()]);
+    }
+    args.extend([IMAGE, id, "sh", "-c", "echo up; exec sleep 100000"]);
     let mut run: Child = c
-        .ctr_command(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sh", "-c", "echo up; exec sleep 100000"])
+        .ctr_command(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -272,8 +295,9 @@ fn one_life(c: &Containerd, id: &str, target: Target, kill_at: Duration) -> Resu
     let recovery = started.elapsed() - killed_after;
     Ok((
         format!(
-            "{target:?} killed after {:.1} s ({phase}), all gone {:.1} s later",
+            "{target:?} killed after {:.1} s ({phase}{}), all gone {:.1} s later",
             killed_after.as_secs_f64(),
+            if netns.is_some() { ", pod NIC" } else { "" },
             recovery.as_secs_f64()
         ),
         recovery,
@@ -287,9 +311,15 @@ fn kills_at_random_points_leave_nothing_behind() {
     let seed = seed();
     let per_target = iterations();
     eprintln!("fault injection: seed {seed}, {per_target} kills per target (replay: KATA_LIKE_FAULT_SEED={seed})");
-    // The template is built once, before the clock of any kill starts.
+    // The templates (without and with a pod NIC) are built before the
+    // clock of any kill starts.
     let (out, err, code) = c.run("fault-warmup", &[], &["true"]);
     assert_eq!(code, 0, "warm-up run: {out}{err}\n{}", c.log_tail());
+    let ns = pod_netns(99).unwrap_or_else(|e| panic!("a pod network namespace: {e}"));
+    let with_ns = format!("network:{}", ns.path());
+    let (out, err, code) = c.run("fault-warmup-pod", &["--with-ns", &with_ns], &["true"]);
+    assert_eq!(code, 0, "warm-up run with a pod NIC: {out}{err}\n{}", c.log_tail());
+    drop(ns);
     let c = Arc::new(c);
     let targets = targets();
     assert!(!targets.is_empty(), "KATA_LIKE_FAULT_TARGETS names none of shim, vmm, virtiofsd, agent");
@@ -308,7 +338,16 @@ fn kills_at_random_points_leave_nothing_behind() {
                 let Some((i, target)) = plan.lock().unwrap_or_else(|e| e.into_inner()).next() else { return };
                 let kill_at = rng.lock().unwrap_or_else(|e| e.into_inner()).below(LIFE);
                 let id = format!("f{}{i}", format!("{target:?}").to_lowercase());
-                match one_life(&c, &id, target, kill_at) {
+                // Every other life is a pod's: its sandbox restores the
+                // pod template (a NIC slot) and gets the namespace's NIC.
+                let netns = match (i % 2 == 1).then(|| pod_netns(100 + i as u32 * 4 + target as u32)).transpose() {
+                    Ok(netns) => netns,
+                    Err(e) => {
+                        failures.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{id}: {e}"));
+                        continue;
+                    }
+                };
+                match one_life(&c, &id, target, kill_at, netns.as_ref()) {
                     Ok((what, recovery)) => {
                         eprintln!("{id}: {what}; nothing left");
                         let mut slowest = slowest.lock().unwrap_or_else(|e| e.into_inner());

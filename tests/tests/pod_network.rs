@@ -15,42 +15,8 @@ use std::time::Duration;
 use kata_like_protocol::agent::RunProcessRequest;
 use kata_like_runtime::network::{self, IpNet, TAP_NAME};
 use kata_like_runtime::vm::{NetDevice, SandboxVm};
+use test_infra::netns::PodNetns;
 use test_infra::{ip, skip, vm_test};
-
-/// A named network namespace with a veth into it, removed on drop.
-struct PodNetns {
-    name: String,
-    host_end: String,
-}
-
-impl PodNetns {
-    /// `eth0` in the namespace holds `pod_cidr` with a default route via
-    /// `host_ip`, which the host end holds.
-    fn create(tag: u32, host_cidr: &str, pod_cidr: &str, gateway: &str) -> Result<PodNetns, String> {
-        let ns = PodNetns { name: format!("kltest{tag}"), host_end: format!("klh{tag}") };
-        ip(&["netns", "add", &ns.name])?;
-        ip(&["link", "add", &ns.host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
-        ip(&["addr", "add", host_cidr, "dev", &ns.host_end])?;
-        ip(&["link", "set", &ns.host_end, "up"])?;
-        let n = ns.name.as_str();
-        ip(&["-n", n, "link", "set", "lo", "up"])?;
-        ip(&["-n", n, "addr", "add", pod_cidr, "dev", "eth0"])?;
-        ip(&["-n", n, "link", "set", "eth0", "up"])?;
-        ip(&["-n", n, "route", "add", "default", "via", gateway])?;
-        Ok(ns)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.name)
-    }
-}
-
-impl Drop for PodNetns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
-        let _ = ip(&["link", "del", &self.host_end]);
-    }
-}
 
 #[test]
 #[ignore = "boots a microVM; run with scripts/test.sh or `-- --ignored`"]

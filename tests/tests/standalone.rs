@@ -34,11 +34,18 @@ fn cli() -> PathBuf {
     Artifacts::locate().map(|a| a.cli).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A config with the test VM size and generous timeouts (emulated guest
-/// kernel, shared cores).
+/// A config with the test VM size, generous timeouts (emulated guest
+/// kernel, shared cores) and the suite's VM templates, unless `dir` has a
+/// `cold` marker (this path's cold-boot test).
 fn config(dir: &Path) -> PathBuf {
     let path = dir.join("kata-like.toml");
-    std::fs::write(&path, "memory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\n").expect("config");
+    let templates = if dir.join("cold").exists() {
+        test_infra::containerd::COLD_BOOT.to_string()
+    } else {
+        test_infra::containerd::templated_runtime_config()
+    };
+    let text = format!("memory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\n{templates}");
+    std::fs::write(&path, text).expect("config");
     path
 }
 
@@ -92,6 +99,8 @@ fn run_prints_output_and_exits_with_the_container_status() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    // The standalone path's cold-boot test (the others restore templates).
+    std::fs::write(dir.path().join("cold"), "").expect("marker");
     let b = bundle(dir.path(), &["sh", "-c", "echo hello-$GREETING; echo to-stderr >&2; exit 3"]);
     let out = kata_like(dir.path(), &["run", "--bundle", &b.display().to_string(), "c1"]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
@@ -191,6 +200,10 @@ fn check_reports_whether_this_host_can_run_us() {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
     assert!(text.trim_end().ends_with("this host can run kata-like"), "{text}");
+    // Whether templates exist for the configured shapes (sandbox and pod).
+    for shape in ["VM template (1 vCPU, 128 MiB, no NIC): ", "VM template (1 vCPU, 128 MiB, NIC slot (MTU 1500)): "] {
+        assert!(text.contains(shape), "missing {shape:?} in:\n{text}");
+    }
 
     // A config whose kernel is missing: that line fails, with the fix.
     let bad = dir.path().join("bad.toml");

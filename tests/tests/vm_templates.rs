@@ -20,7 +20,11 @@ fn ctr_run_starts_containers_from_a_restored_vm_template() {
     if let Some(reason) = test_infra::containerd::unavailable() {
         return test_infra::skip(TEST, &reason);
     }
-    let c = Containerd::start_with_runtime_config("vm_templates = true\n").unwrap_or_else(|e| panic!("{e}"));
+    // A template directory of its own: this test watches the first use
+    // build the template.
+    let templates = tempfile::tempdir().expect("tmp");
+    let config = format!("template_dir = \"{}\"\n", templates.path().display());
+    let c = Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{e}"));
     let script = "echo hello; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
                   date +%Y; test -d /proc/1 && echo ok";
     let year = {
@@ -69,8 +73,7 @@ fn ctr_run_carries_large_specs_intact() {
     if let Some(reason) = test_infra::containerd::unavailable() {
         return test_infra::skip(TEST, &reason);
     }
-    let config = format!("vm_templates = true\ntemplate_dir = \"{}\"\n", test_infra::sandbox::template_dir().display());
-    let c = Containerd::start_with_runtime_config(&config).unwrap_or_else(|e| panic!("{e}"));
+    let c = Containerd::start().unwrap_or_else(|e| panic!("{e}"));
 
     // One 64 KiB variable: its length and that every byte is an 'x'.
     let big = format!("BIG={}", "x".repeat(64 * 1024));

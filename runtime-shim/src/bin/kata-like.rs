@@ -90,15 +90,24 @@ enum Top {
 
 #[derive(Debug, Subcommand)]
 enum SnapshotCommand {
-    /// Boot a template VM for the config's default sandbox and snapshot it
-    /// (no-op when a current template exists); prints its directory.
+    /// Boot a template VM of a shape (default: the config's sandbox VM) and
+    /// snapshot it (no-op when a current template exists); prints its
+    /// directory.
     Create {
         /// vCPUs [default: the config's].
         #[arg(long)]
         vcpus: Option<u8>,
         /// Memory in MiB [default: the config's].
+        #[arg(long, alias = "memory")]
+        memory_mib: Option<u32>,
+        /// With a NIC slot, for pods (Kubernetes pods have a NIC). The slot's
+        /// MTU is 1500 unless --nic-mtu says more.
         #[arg(long)]
-        memory: Option<u32>,
+        nic: bool,
+        /// The NIC slot's MTU, for pods whose interface MTU is above 1500
+        /// (implies --nic).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(68..=65532))]
+        nic_mtu: Option<u32>,
     },
     /// Remove every VM template.
     Clear,
@@ -122,12 +131,15 @@ fn check(opts: &standalone::Options) -> anyhow::Result<ExitCode> {
 fn snapshot(opts: &standalone::Options, command: SnapshotCommand) -> anyhow::Result<ExitCode> {
     let config = kata_like_runtime::config::RuntimeConfig::load(opts.config.as_deref())?;
     match command {
-        SnapshotCommand::Create { vcpus, memory } => {
-            let mut shape = template::Shape::default_for(&config);
-            shape.vcpus = vcpus.unwrap_or(shape.vcpus);
-            shape.memory_mib = memory.unwrap_or(shape.memory_mib);
+        SnapshotCommand::Create { vcpus, memory_mib, nic, nic_mtu } => {
+            let pod_mtu = nic_mtu.or(nic.then_some(template::NIC_MTU));
+            let shape = template::Shape::for_vm(
+                vcpus.unwrap_or(config.vcpus),
+                memory_mib.unwrap_or(config.memory_mib),
+                pod_mtu,
+            );
             let (dir, created) = template::ensure(&config, &shape).map_err(anyhow::Error::msg)?;
-            eprintln!("{}", if created { "created" } else { "already current" });
+            eprintln!("{shape}: {}", if created { "created" } else { "already current" });
             println!("{}", dir.display());
         }
         SnapshotCommand::Clear => {

@@ -52,6 +52,23 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
         .map_err(|_| NetworkError::Other(format!("the thread attaching {shown} panicked")))?
 }
 
+/// A tap in a network namespace of its own, for a VM template's NIC slot:
+/// the template guest sees a NIC that leads nowhere, and no host namespace
+/// ever shows the tap. The namespace lives as long as the descriptor.
+pub fn detached_tap() -> Result<std::os::fd::OwnedFd, NetworkError> {
+    std::thread::Builder::new()
+        .name("template-tap".into())
+        .spawn(|| {
+            // Only this thread changes namespace, and it ends here.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetworkError::Other(format!("a network namespace for the template NIC: {e}")))?;
+            Ok(Tap::open(TAP_NAME)?.into_fd())
+        })
+        .map_err(|e| NetworkError::Other(format!("template NIC thread: {e}")))?
+        .join()
+        .map_err(|_| NetworkError::Other("the thread making the template NIC panicked".into()))?
+}
+
 fn link_name(link: &LinkMessage) -> String {
     link.attributes
         .iter()

@@ -172,31 +172,7 @@ impl Sandbox {
         spec.net = network.as_ref().map(|(device, _)| device.clone());
         spec.cgroup = cgroup;
         let begin = std::time::Instant::now();
-        if config.vm_templates && spec.net.is_none() {
-            let shape = template::Shape { vcpus: spec.vcpus, memory_mib: spec.memory_mib };
-            match template::ensure(config, &shape) {
-                Ok((dir, _)) => spec.restore_from = Some(dir),
-                Err(e) => log::warn!("no VM template ({e}); booting cold"),
-            }
-        }
-        let vm = match (SandboxVm::start(&spec), spec.restore_from.take()) {
-            (Ok(vm), restored) => {
-                if let Some(dir) = restored {
-                    log::info!("sandbox VM restored from template {}", dir.display());
-                }
-                vm
-            }
-            (Err(e), Some(dir)) if !e.interrupted() => {
-                // Cold boot is always correct: the template may be corrupt
-                // or from another VMM build the key did not catch. (A VMM
-                // killed during the restore says nothing about the
-                // template: that error goes to the caller.)
-                log::warn!("restoring template {} failed ({e}); discarding it and booting cold", dir.display());
-                template::discard(&dir);
-                SandboxVm::start(&spec).map_err(|e| e.to_string())?
-            }
-            (Err(e), _) => return Err(e.to_string()),
-        };
+        let (vm, restored) = start_vm(config, &mut spec)?;
         let booted_us = begin.elapsed().as_micros() as u64;
         let uds = vm.vsock_path();
         // The connection the boot check made, with the configured bound.
@@ -207,7 +183,15 @@ impl Sandbox {
         req.shared_fs_tag = SHARED_TAG.into();
         client.setup_sandbox(&req).map_err(|e| format!("guest set-up failed: {}", e.message()))?;
         if let Some((_, net_req)) = &network {
-            client.configure_network(net_req).map_err(|e| format!("guest network set-up failed: {}", e.message()))?;
+            let mut net_req = net_req.clone();
+            if restored {
+                // The restored NIC is the template's slot: found by the
+                // slot's MAC, it takes the pod's.
+                for iface in &mut net_req.interfaces {
+                    iface.new_mac = std::mem::replace(&mut iface.mac, template::NIC_MAC.into());
+                }
+            }
+            client.configure_network(&net_req).map_err(|e| format!("guest network set-up failed: {}", e.message()))?;
         }
         if let Some(listener) = forward {
             crate::network::forward::serve(listener, uds.clone());
@@ -290,6 +274,43 @@ impl Sandbox {
         if std::env::var_os("KATA_LIKE_KEEP_STATE").is_none() {
             rootfs::remove_tree(&self.state);
         }
+    }
+}
+
+/// Starts the VM of `spec`: restored from the template of its shape when
+/// templates are on (built first if there is none), else, or when the
+/// template cannot be used, booted cold. Returns the VM and whether it was
+/// restored.
+fn start_vm(config: &RuntimeConfig, spec: &mut VmSpec) -> Result<(SandboxVm, bool), String> {
+    if config.vm_templates {
+        let shape = template::Shape::for_vm(spec.vcpus, spec.memory_mib, spec.net.as_ref().map(|net| net.mtu));
+        match template::ensure(config, &shape).and_then(|(dir, _)| match template::check(&dir, &shape) {
+            Ok(()) => Ok(dir),
+            Err(e) => {
+                template::discard(&dir);
+                Err(e)
+            }
+        }) {
+            Ok(dir) => spec.restore_from = Some(dir),
+            Err(e) => log::warn!("no VM template ({e}); booting cold"),
+        }
+    }
+    match (SandboxVm::start(spec), spec.restore_from.take()) {
+        (Ok(vm), Some(dir)) => {
+            log::info!("sandbox VM restored from template {}", dir.display());
+            Ok((vm, true))
+        }
+        (Ok(vm), None) => Ok((vm, false)),
+        (Err(e), Some(dir)) if !e.interrupted() => {
+            // Cold boot is always correct: the template may be corrupt or
+            // from another VMM build the key did not catch. (A VMM killed
+            // during the restore says nothing about the template: that
+            // error goes to the caller.)
+            log::warn!("restoring template {} failed ({e}); discarding it and booting cold", dir.display());
+            template::discard(&dir);
+            Ok((SandboxVm::start(spec).map_err(|e| e.to_string())?, false))
+        }
+        (Err(e), _) => Err(e.to_string()),
     }
 }
 

@@ -3,11 +3,14 @@
 //!
 //! * RunPodSandbox latency (it returns once the sandbox is SANDBOX_READY),
 //!   and pod-with-one-container latency (RunPodSandbox + CreateContainer +
-//!   StartContainer), medians of `ROUNDS` interleaved rounds;
+//!   StartContainer), medians of `ROUNDS` interleaved rounds of runc,
+//!   kata-like restoring the pod template (`kata-like`, the default) and
+//!   kata-like booting cold (`kata-like-cold`: `vm_templates = false`); the
+//!   template is built by a warm-up pod first;
 //! * host memory of an idle kata-like pod: PSS of its shim, VMM and
 //!   virtiofsd processes;
-//! * `CONCURRENT` pods (with one container each) started at once: total
-//!   time and p50/p99 per pod.
+//! * `CONCURRENT` pods (with one container each) started at once, runc and
+//!   kata-like from the template: total time and p50/p99 per pod.
 //!
 //! `cargo run --release -p kata-like-tests --bin bench_cri -- [ROUNDS] [CONCURRENT]`
 //! (defaults 3 and 10; needs root, /dev/kvm and scripts/setup.sh's
@@ -16,6 +19,7 @@
 use std::time::Instant;
 
 use test_infra::bench::{median, percentile, pss};
+use test_infra::containerd::COLD_HANDLER;
 use test_infra::cri::{Cri, HANDLER};
 
 /// Starts a pod with `handler` and one idle container; (sandbox seconds,
@@ -100,9 +104,13 @@ fn main() {
         std::process::exit(2);
     }
     let cri = Cri::start().unwrap_or_else(|e| panic!("{e}"));
-    let handlers = ["runc", HANDLER];
-    let mut sandbox: [Vec<f64>; 2] = Default::default();
-    let mut with_container: [Vec<f64>; 2] = Default::default();
+    // The pod template is built on first use: once, before any clock.
+    let (s, _, pod, _) = start_pod(&cri, HANDLER, "bench-warmup").unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("warm-up pod (builds the pod template if there is none): {s:.1} s");
+    cri.remove_pod(&pod).unwrap_or_else(|e| panic!("remove {pod}: {e}"));
+    let handlers = ["runc", HANDLER, COLD_HANDLER];
+    let mut sandbox: [Vec<f64>; 3] = Default::default();
+    let mut with_container: [Vec<f64>; 3] = Default::default();
     let mut memory = Vec::new();
     for round in 0..rounds {
         for (i, handler) in handlers.iter().enumerate() {
@@ -121,11 +129,14 @@ fn main() {
         }
     }
     println!("\nmedians of {rounds} interleaved rounds\n");
-    println!("| measure | runc | kata-like | kata-like / runc |\n|---|---|---|---|");
+    println!(
+        "| measure | runc | kata-like, template | kata-like, cold | template / runc | cold / template |\n\
+         |---|---|---|---|---|---|"
+    );
     for (name, v) in [("RunPodSandbox → SANDBOX_READY", &sandbox), ("pod with one container started", &with_container)]
     {
-        let (r, k) = (median(v[0].clone()), median(v[1].clone()));
-        println!("| {name} | {r:.2} s | {k:.2} s | {:.0} |", k / r);
+        let (r, t, c) = (median(v[0].clone()), median(v[1].clone()), median(v[2].clone()));
+        println!("| {name} | {r:.2} s | {t:.2} s | {c:.2} s | {:.0} | {:.1} |", t / r, c / t);
     }
     let total: Vec<f64> = memory.iter().map(|(a, b, c, _)| mib(a + b + c)).collect();
     let pick = |f: fn(&(u64, u64, u64, u64)) -> u64| median(memory.iter().map(|m| mib(f(m))).collect());
@@ -139,7 +150,7 @@ fn main() {
         pick(|m| m.3)
     );
 
-    for handler in handlers {
+    for handler in ["runc", HANDLER] {
         let begin = Instant::now();
         let per_pod: Vec<f64> = std::thread::scope(|scope| {
             let started: Vec<_> = (0..concurrent)

@@ -4,10 +4,12 @@
 //!   cargo run --release -p kata-like-tests --bin bench_ctr -- [RUNS]
 //!
 //! * `ctr run --rm IMAGE ID /bin/true` wall time, runc vs kata-like
-//!   (medians and ratio), and for kata-like where the time goes, from the
-//!   shim's log: shim start, virtiofsd + VMM spawn, VMM → first KVM_RUN,
-//!   → guest init (boot timer), → agent answering, guest set-up,
-//!   container create, start, and exit + teardown.
+//!   restoring a VM template (the default) vs kata-like booting cold (a
+//!   second private containerd whose runtime config has `vm_templates =
+//!   false`), medians and ratios, and for kata-like where the time goes,
+//!   from the shim's log: shim start, virtiofsd + VMM spawn, VMM → first
+//!   KVM_RUN, → guest init (boot timer; none when restored), → agent
+//!   answering, guest set-up, container create, start, and exit + teardown.
 //! * Host memory of one idle sandbox (`sleep` as the container): PSS of
 //!   shim + VMM + virtiofsd from /proc/PID/smaps, guest RAM (the VMM's
 //!   `kata-like-guest-ram` memfd) shown apart; runc's shim + container
@@ -20,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use test_infra::bench::{median, pss};
-use test_infra::containerd::{Containerd, IMAGE, RUNTIME};
+use test_infra::containerd::{Containerd, COLD_BOOT, IMAGE, RUNTIME};
 
 /// Runs ctr and returns its wall time in seconds; panics with its output
 /// on failure.
@@ -76,6 +78,8 @@ fn phases(log: &Path, from: usize, id: &str, ctr_start: f64, ctr_end: f64) -> Op
     let ready = lines.iter().find(|l| l.contains("sandbox VM ready"))?;
     let (kvm, init, agent) =
         (us_field(ready, "first KVM_RUN ")?, us_field(ready, "guest init ")?, us_field(ready, "agent ")?);
+    // A restored VM has no boot timer: its guest was running already.
+    let init = if init > 0.0 { init } else { kvm };
     let (before_vmm, setup) = (us_field(ready, "before VMM ")?, us_field(ready, "guest set-up ")?);
     let boot_total = before_vmm + agent + setup;
     Some(vec![
@@ -126,31 +130,41 @@ fn mib(kib: u64) -> String {
 fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let c = Containerd::start().unwrap_or_else(|e| panic!("{e}"));
-    let log = c.log_path();
-    let (mut runc, mut ours, mut breakdown) = (Vec::new(), Vec::new(), vec![Vec::new(); PHASES.len()]);
+    let cold = Containerd::start_with_runtime_config(COLD_BOOT).unwrap_or_else(|e| panic!("{e}"));
+    // The template is built on first use: once, before any clock.
+    timed(&c, &["run", "--rm", "--runtime", RUNTIME, IMAGE, "warm-up", "/bin/true"]);
+    let mut runc = Vec::new();
+    let mut ours: [Vec<f64>; 2] = Default::default();
+    let mut breakdown = [vec![Vec::new(); PHASES.len()], vec![Vec::new(); PHASES.len()]];
     let epoch =
         || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     for i in 0..runs {
         runc.push(timed(&c, &["run", "--rm", IMAGE, &format!("r{i}"), "/bin/true"]));
-        let from = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
-        let id = format!("k{i}");
-        let start = epoch();
-        let secs = timed(&c, &["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "/bin/true"]);
-        ours.push(secs);
-        match phases(&log, from, &id, start, start + secs) {
-            Some(p) => p.into_iter().enumerate().for_each(|(k, v)| breakdown[k].push(v)),
-            None => eprintln!("run {i}: phase lines missing from {}", log.display()),
+        for (k, (containerd, prefix)) in [(&c, "t"), (&cold, "k")].into_iter().enumerate() {
+            let log = containerd.log_path();
+            let from = std::fs::metadata(&log).map(|m| m.len() as usize).unwrap_or(0);
+            let id = format!("{prefix}{i}");
+            let start = epoch();
+            let secs = timed(containerd, &["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "/bin/true"]);
+            ours[k].push(secs);
+            match phases(&log, from, &id, start, start + secs) {
+                Some(p) => p.into_iter().enumerate().for_each(|(n, v)| breakdown[k][n].push(v)),
+                None => eprintln!("run {id}: phase lines missing from {}", log.display()),
+            }
         }
-        eprintln!("run {i}: runc {:.2} s, kata-like {secs:.1} s", runc[i]);
+        eprintln!("run {i}: runc {:.2} s, kata-like template {:.1} s, cold {:.1} s", runc[i], ours[0][i], ours[1][i]);
     }
-    let (r, k) = (median(runc), median(ours));
+    let r = median(runc);
+    let [t, k] = ours.map(median);
     println!("\n`ctr run --rm IMAGE ID /bin/true`, medians of {runs} interleaved runs\n");
-    println!("| runc | kata-like | kata-like / runc |\n|---|---|---|");
-    println!("| {r:.2} s | {k:.1} s | {:.0} |", k / r);
-    println!("\nkata-like breakdown (medians)\n\n| phase | seconds |\n|---|---|");
-    for (name, v) in PHASES.iter().zip(breakdown) {
-        println!("| {name} | {:.2} |", median(v));
+    println!("| runc | kata-like, template | kata-like, cold | template / runc | cold / template |\n|---|---|---|---|---|");
+    println!("| {r:.2} s | {t:.1} s | {k:.1} s | {:.0} | {:.1} |", t / r, k / t);
+    println!("\nkata-like breakdown (medians)\n\n| phase | template (s) | cold (s) |\n|---|---|---|");
+    let [bt, bk] = breakdown;
+    for ((name, t), k) in PHASES.iter().zip(bt).zip(bk) {
+        println!("| {name} | {:.2} | {:.2} |", median(t), median(k));
     }
+    drop(cold);
 
     // One idle sandbox of each, then memory and exec latency.
     timed(&c, &["run", "-d", "--runtime", RUNTIME, IMAGE, "idle-k", "sleep", "100000"]);
