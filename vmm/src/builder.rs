@@ -317,10 +317,14 @@ impl Vmm {
         let config = restore_config(&state, overrides)?;
         let mem_size = u64::from(config.memory_mib) << 20;
 
-        // 2. KVM, VM, the snapshot's memory.
-        let (kvm, vm) = create_vm()?;
+        // 2. KVM, VM, the snapshot's memory. The memory file's checksum is
+        //    computed on a thread of its own meanwhile, and waited for
+        //    before the VM is handed over to run (step 6).
         let memory_file = dir.join(snapshot::MEMORY_FILE);
-        let mem = snapshot::memory::restore(&memory_file, mem_size, needs_shared_memory(&config), state.memory_crc32)?;
+        let check = (!options.skip_snapshot_check)
+            .then(|| snapshot::memory::spawn_check(&memory_file, state.memory_crc32));
+        let (kvm, vm) = create_vm()?;
+        let mem = snapshot::memory::restore(&memory_file, mem_size, needs_shared_memory(&config))?;
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -348,7 +352,12 @@ impl Vmm {
         }
         step("vCPUs");
 
-        // 6. Life-cycle control and control socket.
+        // 6. The memory checked; life-cycle control and control socket.
+        match check {
+            Some(check) => check.wait()?,
+            None => tracing::warn!("the snapshot's memory file was not checked (--skip-snapshot-check)"),
+        }
+        step("memory checksum");
         let vmm = into_vmm(config, options, vm, mem, vcpus, ctx, devices)?;
         tracing::info!("VM restored from a snapshot");
         log_cmdline(&cmdline);

@@ -108,6 +108,7 @@ fn main() -> ExitCode {
             _ => None,
         },
         seccomp: cli.seccomp,
+        skip_snapshot_check: cli.skip_snapshot_check,
     };
     let built = match &cli.restore {
         Some(dir) => {

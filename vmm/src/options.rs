@@ -20,4 +20,6 @@ pub struct VmmOptions {
     pub jail: Option<JailConfig>,
     /// The seccomp filters of the VMM's threads.
     pub seccomp: SeccompMode,
+    /// Restore without checking the memory file's checksum (benchmarks).
+    pub skip_snapshot_check: bool,
 }

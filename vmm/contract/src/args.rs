@@ -83,6 +83,10 @@ pub struct VmmArgs {
     /// (same count), --serial.
     #[arg(long, conflicts_with_all = ["config", "kernel", "initrd", "cmdline", "append", "vcpus", "memory_mib", "cpu_template", "guest_cid"])]
     pub restore: Option<PathBuf>,
+    /// For benchmarks only: restore without checking the memory file
+    /// against the checksum in the state file (a damaged snapshot then runs).
+    #[arg(long, requires = "restore")]
+    pub skip_snapshot_check: bool,
     /// Once the VM is built, enter a jail (own mount, network, IPC and UTS
     /// namespaces, a root holding only what the VMM still needs, no
     /// capabilities) whose root is mounted on this empty directory. Needs
@@ -191,6 +195,9 @@ impl VmmArgs {
         }
         if self.log_level != DEFAULT_LOG_LEVEL {
             flag("log-level", OsStr::new(&self.log_level));
+        }
+        if self.skip_snapshot_check {
+            argv.push("--skip-snapshot-check".into());
         }
         if self.print_seccomp {
             argv.push("--print-seccomp".into());
@@ -468,6 +475,8 @@ mod tests {
             ..VmmArgs::new()
         };
         assert_eq!(parse(&args.to_argv()), args);
+        let unchecked = VmmArgs { skip_snapshot_check: true, ..args.clone() };
+        assert_eq!(parse(&unchecked.to_argv()), unchecked);
         let print = VmmArgs { print_seccomp: true, print_cpuid: true, ..VmmArgs::new() };
         assert_eq!(parse(&print.to_argv()), print);
         assert_eq!(parse(&[]), VmmArgs::new(), "new() holds clap's defaults");

@@ -13,9 +13,16 @@
 //! Restoring either maps the file MAP_PRIVATE over guest RAM (no copy; many
 //! VMs share the page cache, and a guest write copies one page), or, for a
 //! VM whose RAM must be shared with a vhost-user backend, copies the file's
-//! data extents (SEEK_DATA/SEEK_HOLE) into a fresh memfd: virtiofsd maps
-//! that memfd, and a private file mapping would hide the guest's writes
-//! from it.
+//! data extents (SEEK_DATA/SEEK_HOLE) into a fresh memfd, 1 MiB per
+//! `pread` straight into guest RAM: virtiofsd maps that memfd, and a
+//! private file mapping would hide the guest's writes from it.
+//!
+//! The checksum [`dump`] stored is checked from the file, not from guest
+//! RAM, on a thread of its own ([`spawn_check`]) while the rest of the VM
+//! is restored; the restore waits for it before handing the VM over to run,
+//! so a damaged file is refused before any guest instruction runs on it.
+//! It used to be one 4 KiB `pread` per page in the restore's own path,
+//! about 13 ms of a 23.5 ms restore here.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -129,36 +136,139 @@ fn data_extents(file: &File, from: u64, len: u64) -> std::io::Result<Vec<(u64, u
     Ok(extents)
 }
 
-/// Reads every non-zero page of the memory file's data extents, in file
-/// order, handing each to `each`, and returns the checksum [`dump`] computes
-/// over them (a file system may report a few zero bytes around the pages
+/// Bytes read at a time when restoring or checking the memory file.
+const CHUNK: usize = 1 << 20;
+
+/// The checksum [`dump`] computes, recomputed from the memory file: every
+/// non-zero page of its data extents, in file order, read `CHUNK` bytes at
+/// a time (a file system may report a few zero bytes around the pages
 /// written as data; zero pages were never written).
-fn walk_data_pages(
-    file: &File,
-    path: &Path,
-    size: u64,
-    mut each: impl FnMut(u64, &[u8]) -> Result<(), SnapshotError>,
-) -> Result<u32, SnapshotError> {
+fn file_checksum(file: &File, path: &Path, size: u64) -> Result<u32, SnapshotError> {
     let mut hasher = crc32fast::Hasher::new();
-    let mut page = vec![0u8; PAGE];
+    let mut buf = vec![0u8; CHUNK];
     for (offset, len) in data_extents(file, 0, size).map_err(SnapshotError::io(path))? {
         let mut at = offset - offset % PAGE as u64;
-        while at < offset + len {
-            file.read_exact_at(&mut page, at).map_err(SnapshotError::io(path))?;
-            if page.iter().any(|&b| b != 0) {
-                hash_page(&mut hasher, at, &page);
-                each(at, &page)?;
+        let end = (offset + len).next_multiple_of(PAGE as u64).min(size);
+        while at < end {
+            let n = ((end - at) as usize).min(CHUNK);
+            file.read_exact_at(&mut buf[..n], at).map_err(SnapshotError::io(path))?;
+            for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    hash_page(&mut hasher, at + (i * PAGE) as u64, page);
+                }
             }
-            at += PAGE as u64;
+            at += n as u64;
         }
     }
     Ok(hasher.finalize())
 }
 
-/// Guest RAM of `size` bytes restored from the memory file at `path`,
-/// checked against `crc32` from the state: mapped private, or copied into a
-/// memfd when `shared` (in the same pass as the check).
-pub fn restore(path: &Path, size: u64, shared: bool, crc32: u32) -> Result<GuestMemoryMmap, SnapshotError> {
+/// Checks the memory file at `path` against `crc32` from the state file.
+/// It reads the file, not guest RAM (which a running guest changes), so it
+/// can run beside the rest of a restore ([`spawn_check`]).
+pub fn check(path: &Path, crc32: u32) -> Result<(), SnapshotError> {
+    let file = File::open(path).map_err(SnapshotError::io(path))?;
+    let size = file.metadata().map_err(SnapshotError::io(path))?.len();
+    let computed = file_checksum(&file, path, size)?;
+    if computed != crc32 {
+        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: crc32, computed });
+    }
+    Ok(())
+}
+
+/// A memory file check under way ([`spawn_check`]).
+#[derive(Debug)]
+pub enum PendingCheck {
+    /// On its thread.
+    Running(std::thread::JoinHandle<Result<(), SnapshotError>>),
+    /// Done already (no thread could be started, so it ran in place).
+    Done(Result<(), SnapshotError>),
+}
+
+impl PendingCheck {
+    /// The check's outcome, once it is done.
+    pub fn wait(self) -> Result<(), SnapshotError> {
+        match self {
+            PendingCheck::Running(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(SnapshotError::State("the snapshot checksum thread panicked".into()))),
+            PendingCheck::Done(result) => result,
+        }
+    }
+}
+
+/// [`check`] on a thread of its own. The restore waits for it before any
+/// vCPU runs, so no guest instruction ever executes on unchecked memory,
+/// while the check overlaps with building the VM (KVM, devices, vCPU
+/// state) and, for shared RAM, with copying the file into it.
+pub fn spawn_check(path: &Path, crc32: u32) -> PendingCheck {
+    let owned = path.to_path_buf();
+    match std::thread::Builder::new().name("snapshot-check".into()).spawn(move || check(&owned, crc32)) {
+        Ok(thread) => PendingCheck::Running(thread),
+        Err(_) => PendingCheck::Done(check(path, crc32)),
+    }
+}
+
+/// Copies the data extents of the memory file into memfd-backed guest RAM,
+/// `CHUNK` bytes per read, straight into the guest's pages.
+fn copy_extents(
+    file: &File,
+    path: &Path,
+    size: u64,
+    mem: &GuestMemoryMmap,
+    regions: &[(GuestAddress, usize, u64)],
+) -> Result<(), SnapshotError> {
+    let bad = |why: String| SnapshotError::Invalid { path: path.to_path_buf(), why };
+    for (offset, len) in data_extents(file, 0, size).map_err(SnapshotError::io(path))? {
+        let mut at = offset - offset % PAGE as u64;
+        let end = (offset + len).next_multiple_of(PAGE as u64).min(size);
+        while at < end {
+            // The region holding `at`; a read never crosses its end.
+            let Some(&(start, region_len, region_offset)) =
+                regions.iter().find(|(_, len, roff)| at >= *roff && at < roff + *len as u64)
+            else {
+                return Err(bad(format!("data at offset {at:#x} is outside guest RAM")));
+            };
+            let in_region = at - region_offset;
+            let n = ((end - at) as usize).min(CHUNK).min(region_len - in_region as usize);
+            let slice = mem
+                .get_slice(start.unchecked_add(in_region), n)
+                .map_err(|e| bad(format!("guest RAM at {:#x}: {e}", start.0 + in_region)))?;
+            let mut done = 0;
+            while done < n {
+                // SAFETY: `slice` is `n` bytes of guest RAM mapped in this
+                // process (checked by get_slice); pread writes at most
+                // `n - done` bytes from `done` on. No vCPU runs yet.
+                let r = unsafe {
+                    libc::pread(
+                        std::os::fd::AsRawFd::as_raw_fd(file),
+                        slice.ptr_guard_mut().as_ptr().add(done).cast(),
+                        n - done,
+                        (at + done as u64) as libc::off_t,
+                    )
+                };
+                if r < 0 {
+                    let err = std::io::Error::last_os_error();
+                    if err.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(SnapshotError::io(path)(err));
+                }
+                if r == 0 {
+                    return Err(SnapshotError::Truncated { path: path.to_path_buf(), what: format!("data at {at:#x}") });
+                }
+                done += r as usize;
+            }
+            at += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Guest RAM of `size` bytes restored from the memory file at `path`:
+/// mapped private, or copied into a memfd when `shared`. The checksum is
+/// checked apart ([`check`], [`spawn_check`]).
+pub fn restore(path: &Path, size: u64, shared: bool) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let file_len = file.metadata().map_err(SnapshotError::io(path))?.len();
     if file_len != size {
@@ -171,26 +281,12 @@ pub fn restore(path: &Path, size: u64, shared: bool, crc32: u32) -> Result<Guest
     let mem = if shared { crate::memory::create_shared(size) } else { crate::memory::create(size) }
         .map_err(|e| bad(e.to_string()))?;
     let regions = layout(&mem);
-    if !shared {
+    if shared {
+        copy_extents(&file, path, size, &mem, &regions)?;
+    } else {
         for &(start, len, offset) in &regions {
             crate::memory::map_file(&mem, &file, offset, start.0, len as u64).map_err(|e| bad(e.to_string()))?;
         }
-    }
-    let computed = walk_data_pages(&file, path, size, |offset, page| {
-        if !shared {
-            return Ok(());
-        }
-        // Regions are page-aligned, so a page lies within one.
-        let Some(&(start, _, region_offset)) =
-            regions.iter().find(|(_, len, roff)| offset >= *roff && offset < roff + *len as u64)
-        else {
-            return Err(bad(format!("data at offset {offset:#x} is outside guest RAM")));
-        };
-        mem.write_slice(page, start.unchecked_add(offset - region_offset))
-            .map_err(|e| bad(format!("writing guest RAM: {e}")))
-    })?;
-    if computed != crc32 {
-        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: crc32, computed });
     }
     Ok(mem)
 }
@@ -206,7 +302,7 @@ mod tests {
         mem.write_slice(&[0u8; PAGE], GuestAddress(0x20_0000)).expect("write");
     }
 
-    fn check(mem: &GuestMemoryMmap) {
+    fn check_ram(mem: &GuestMemoryMmap) {
         assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).expect("read"), 0x1122_3344);
         let mut buf = vec![0u8; 3 * PAGE];
         mem.read_slice(&mut buf, GuestAddress(0x10_0000)).expect("read");
@@ -233,21 +329,27 @@ mod tests {
             0
         );
 
-        let private = restore(&path, 16 << 20, false, stats.crc32).expect("private restore");
-        check(&private);
+        check(&path, stats.crc32).expect("the checksum of an intact file");
+        let private = restore(&path, 16 << 20, false).expect("private restore");
+        check_ram(&private);
         assert_eq!(private.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a, "the boot file page");
         // A guest write stays in this VM: the file and other restores keep
         // the snapshot's bytes.
         private.write_obj(0u32, GuestAddress(0x1000)).expect("write");
-        let shared = restore(&path, 16 << 20, true, stats.crc32).expect("shared restore");
-        check(&shared);
+        let shared = restore(&path, 16 << 20, true).expect("shared restore");
+        check_ram(&shared);
         assert!(shared.iter().all(|r| r.file_offset().is_some()), "memfd-backed");
 
-        // One flipped byte in a data page is caught before the guest runs.
+        // One flipped byte in a data page is caught, on the check's thread.
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.write_all_at(&[8u8], 0x10_0000 + 5).expect("corrupt");
-        let err = restore(&path, 16 << 20, false, stats.crc32).expect_err("refused").to_string();
-        assert!(err.contains("checksum mismatch"), "{err}");
+        let err = spawn_check(&path, stats.crc32).wait().expect_err("refused").to_string();
+        assert!(err.contains("checksum mismatch") && err.contains("memory"), "{err}");
+        // Data where the dump left a hole is caught too.
+        file.write_all_at(&[7u8], 0x10_0000 + 5).expect("undo");
+        check(&path, stats.crc32).expect("intact again");
+        file.write_all_at(&[1u8], 0x60_0000).expect("data in a hole");
+        assert!(check(&path, stats.crc32).expect_err("refused").to_string().contains("checksum mismatch"));
     }
 
     #[test]
@@ -258,7 +360,8 @@ mod tests {
         fill(&mem);
         let stats = dump(&mem, &path).expect("dump");
         assert_eq!(stats.data_bytes, 4 * PAGE as u64);
-        check(&restore(&path, 16 << 20, true, stats.crc32).expect("restore"));
+        check(&path, stats.crc32).expect("checksum");
+        check_ram(&restore(&path, 16 << 20, true).expect("restore"));
     }
 
     #[test]
@@ -266,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("memory");
         std::fs::write(&path, vec![1u8; PAGE]).expect("write");
-        let err = restore(&path, 16 << 20, false, 0).expect_err("refused").to_string();
+        let err = restore(&path, 16 << 20, false).expect_err("refused").to_string();
         assert!(err.contains("4096 bytes; the state says guest RAM is 16777216"), "{err}");
     }
 }

@@ -5,7 +5,9 @@
 //! * `state`: everything but RAM ([`VmState`]) in a versioned, checksummed
 //!   envelope ([`format`]);
 //! * `memory`: guest RAM, sparse: only pages the guest touched and that
-//!   are not all zeros hold data ([`memory`]).
+//!   are not all zeros hold data ([`memory`]). Its CRC32 (in `state`) is
+//!   checked on a thread beside the restore, before any vCPU runs
+//!   (`--skip-snapshot-check` leaves it out, for benchmarks only).
 //!
 //! Restoring maps `memory` MAP_PRIVATE into the new VM, so any number of
 //! VMs restored from one snapshot share its page cache until they write; a
