@@ -96,6 +96,13 @@ impl Containerd {
         Self::start_with(None, "")
     }
 
+    /// A kata-like runtime config like this containerd's own, with
+    /// `vm_templates = false`: `ctr run --runtime-config-path` with it
+    /// boots that sandbox cold.
+    pub fn cold_config(&self) -> PathBuf {
+        self.kata_state.with_file_name("cold-config.toml")
+    }
+
     /// [`Containerd::start`] with more lines in the kata-like runtime
     /// config (e.g. [`COLD_BOOT`]).
     pub fn start_with_runtime_config(extra: &str) -> Result<Containerd, String> {

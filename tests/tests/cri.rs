@@ -309,7 +309,7 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
 
     // Stop and remove: nothing is left (VMs, shims, virtiofsd, mounts,
     // state, the pods' veths on the bridge, their network namespaces).
-    cri.stop_container(&sidecar, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    cri.stop_container(&sidecar, 1).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
     for pod in [&b, &a] {
         cri.remove_pod(pod).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
     }
@@ -393,7 +393,7 @@ fn pod_smoke_run_exec_logs_stop_remove() {
         assert_ne!(identities[0][i], identities[1][i], "two pods restored from one template share their {what}");
     }
     let (other, other_app) = ids.pop().expect("two pods");
-    cri.stop_container(&other_app, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    cri.stop_container(&other_app, 1).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
     cri.remove_pod(&other).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
     let (id, app) = ids.pop().expect("a pod");
     let log = cri.log_file("kl-smoke", "app");
@@ -402,7 +402,7 @@ fn pod_smoke_run_exec_logs_stop_remove() {
         assert!(std::time::Instant::now() < deadline, "log {}: {:?}", log.display(), std::fs::read_to_string(&log));
         std::thread::sleep(Duration::from_millis(250));
     }
-    cri.stop_container(&app, 10).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
+    cri.stop_container(&app, 1).unwrap_or_else(|e| panic!("stop: {e}{}", ctx(&cri)));
     cri.remove_container(&app).unwrap_or_else(|e| panic!("remove: {e}{}", ctx(&cri)));
     cri.remove_pod(&id).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(&cri)));
     let left = cri.containerd.wait_clean(Duration::from_secs(60));

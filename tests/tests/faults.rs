@@ -474,9 +474,15 @@ fn in_guest(c: &Containerd, id: &str, script: &str, timeout: Duration) -> Result
 }
 
 fn start_detached(c: &Containerd, id: &str) {
-    let out = c
-        .ctr(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "100000"])
-        .unwrap_or_else(|e| panic!("ctr: {e}"));
+    start_detached_with(c, id, &[]);
+}
+
+/// [`start_detached`] with more `ctr run` flags.
+fn start_detached_with(c: &Containerd, id: &str, flags: &[&str]) {
+    let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+    args.extend_from_slice(flags);
+    args.extend([IMAGE, id, "sleep", "100000"]);
+    let out = c.ctr(&args).unwrap_or_else(|e| panic!("ctr: {e}"));
     assert!(out.status.success(), "ctr run -d {id}: {}\n{}", String::from_utf8_lossy(&out.stderr), c.log_tail());
 }
 
@@ -499,8 +505,13 @@ fn a_guest_panic_a_console_flood_and_an_oom_are_contained() {
     };
 
     // A guest kernel panic: the VM resets (panic=-1), the task exits, and
-    // the shim logs why with the guest's last console lines.
-    start_detached(&c, "panic");
+    // the shim logs why with the guest's last console lines. This VM boots
+    // cold (the fault path's cold-boot test; the others restore templates).
+    let cold = c.cold_config().display().to_string();
+    start_detached_with(&c, "panic", &["--runtime-config-path", &cold]);
+    // (The first sandbox of this containerd: no restore logged yet.)
+    let restored = c.log_lines_with("restored from template");
+    assert!(restored.is_empty(), "the panic VM booted cold, not from a template: {restored}");
     let _ = in_guest(&c, "panic", "echo c > /proc/sysrq-trigger", Duration::from_secs(30));
     wait_stopped(&c, "panic", Duration::from_secs(120));
     let panic_log = c.log_lines_with("sysrq triggered crash");

@@ -54,6 +54,25 @@ fn ctr_run_starts_containers_from_a_restored_vm_template() {
     }
     assert_ne!(out1.lines().nth(1), out2.lines().nth(1), "two restores of one snapshot have different RNG output");
 
+    // A damaged template (one byte of guest RAM flipped in its memory
+    // file) is refused by name, discarded, and the container boots cold.
+    let template = std::fs::read_dir(templates.path())
+        .expect("template dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("state").exists())
+        .expect("the template");
+    let memory = template.join("memory");
+    let mut bytes = std::fs::read(&memory).expect("memory file");
+    let at = bytes.iter().position(|&b| b != 0).expect("a data page");
+    bytes[at] ^= 0xff;
+    std::fs::write(&memory, bytes).expect("damage");
+    let (out3, err3, code3) = c.run("tpl-three", &[], &["sh", "-c", "echo cold-after-damage"]);
+    assert_eq!((code3, out3.as_str()), (0, "cold-after-damage\n"), "stderr: {err3}\n{}", c.log_tail());
+    let refused = c.log_lines_with("discarding it and booting cold");
+    assert!(refused.contains("checksum mismatch") && refused.contains("memory"), "refused by name: {refused}");
+    assert!(!template.exists(), "the damaged template is discarded");
+
     let left = c.wait_clean(Duration::from_secs(30));
     assert!(left.is_empty(), "leftovers: {left:#?}\n{}", c.log_tail());
 }

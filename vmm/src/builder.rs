@@ -320,11 +320,16 @@ impl Vmm {
         // 2. KVM, VM, the snapshot's memory. The memory file's checksum is
         //    computed on a thread of its own meanwhile, and waited for
         //    before the VM is handed over to run (step 6).
+        //    (A copy into shared RAM computes the checksum on its way.)
         let memory_file = dir.join(snapshot::MEMORY_FILE);
-        let check = (!options.skip_snapshot_check)
+        let shared = needs_shared_memory(&config);
+        let check = (!options.skip_snapshot_check && !shared)
             .then(|| snapshot::memory::spawn_check(&memory_file, state.memory_crc32));
         let (kvm, vm) = create_vm()?;
-        let mem = snapshot::memory::restore(&memory_file, mem_size, needs_shared_memory(&config))?;
+        let (mem, copied_crc) = snapshot::memory::restore(&memory_file, mem_size, shared)?;
+        if let (Some(computed), false) = (copied_crc, options.skip_snapshot_check) {
+            snapshot::memory::verify_copied(&memory_file, state.memory_crc32, computed)?;
+        }
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -355,7 +360,10 @@ impl Vmm {
         // 6. The memory checked; life-cycle control and control socket.
         match check {
             Some(check) => check.wait()?,
-            None => tracing::warn!("the snapshot's memory file was not checked (--skip-snapshot-check)"),
+            None if options.skip_snapshot_check => {
+                tracing::warn!("the snapshot's memory file was not checked (--skip-snapshot-check)");
+            }
+            None => {}
         }
         step("memory checksum");
         let vmm = into_vmm(config, options, vm, mem, vcpus, ctx, devices)?;

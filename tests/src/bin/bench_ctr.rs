@@ -157,7 +157,9 @@ fn main() {
     let r = median(runc);
     let [t, k] = ours.map(median);
     println!("\n`ctr run --rm IMAGE ID /bin/true`, medians of {runs} interleaved runs\n");
-    println!("| runc | kata-like, template | kata-like, cold | template / runc | cold / template |\n|---|---|---|---|---|");
+    println!(
+        "| runc | kata-like, template | kata-like, cold | template / runc | cold / template |\n|---|---|---|---|---|"
+    );
     println!("| {r:.2} s | {t:.1} s | {k:.1} s | {:.0} | {:.1} |", t / r, k / t);
     println!("\nkata-like breakdown (medians)\n\n| phase | template (s) | cold (s) |\n|---|---|---|");
     let [bt, bk] = breakdown;
