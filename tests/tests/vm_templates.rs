@@ -69,8 +69,14 @@ fn ctr_run_starts_containers_from_a_restored_vm_template() {
     std::fs::write(&memory, bytes).expect("damage");
     let (out3, err3, code3) = c.run("tpl-three", &[], &["sh", "-c", "echo cold-after-damage"]);
     assert_eq!((code3, out3.as_str()), (0, "cold-after-damage\n"), "stderr: {err3}\n{}", c.log_tail());
-    let refused = c.log_lines_with("discarding it and booting cold");
-    assert!(refused.contains("checksum mismatch") && refused.contains("memory"), "refused by name: {refused}");
+    // The shim's warning spans lines (it quotes the VMM's error): from
+    // "restoring template" to "discarding it and booting cold".
+    let log = std::fs::read_to_string(c.log_path()).unwrap_or_default();
+    let refused = log
+        .rfind("restoring template")
+        .and_then(|from| log[from..].find("discarding it and booting cold").map(|to| &log[from..from + to]))
+        .unwrap_or_default();
+    assert!(refused.contains("checksum mismatch") && refused.contains("memory"), "refused by name: {refused:?}");
     assert!(!template.exists(), "the damaged template is discarded");
 
     let left = c.wait_clean(Duration::from_secs(30));
