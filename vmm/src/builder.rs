@@ -323,13 +323,13 @@ impl Vmm {
         //    (A copy into shared RAM computes the checksum on its way.)
         let memory_file = dir.join(snapshot::MEMORY_FILE);
         let shared = needs_shared_memory(&config);
-        let check = (!options.skip_snapshot_check && !shared)
-            .then(|| snapshot::memory::spawn_check(&memory_file, state.memory_crc32));
-        let (kvm, vm) = create_vm()?;
-        let (mem, copied_crc) = snapshot::memory::restore(&memory_file, mem_size, shared)?;
-        if let (Some(computed), false) = (copied_crc, options.skip_snapshot_check) {
-            snapshot::memory::verify_copied(&memory_file, state.memory_crc32, computed)?;
+        let crc32 = (!options.skip_snapshot_check).then_some(state.memory_crc32);
+        if crc32.is_none() {
+            tracing::warn!("the snapshot's memory file is not checked (--skip-snapshot-check)");
         }
+        let check = crc32.filter(|_| !shared).map(|crc32| snapshot::memory::spawn_check(&memory_file, crc32));
+        let (kvm, vm) = create_vm()?;
+        let mem = snapshot::memory::restore(&memory_file, mem_size, shared, crc32)?;
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -358,12 +358,8 @@ impl Vmm {
         step("vCPUs");
 
         // 6. The memory checked; life-cycle control and control socket.
-        match check {
-            Some(check) => check.wait()?,
-            None if options.skip_snapshot_check => {
-                tracing::warn!("the snapshot's memory file was not checked (--skip-snapshot-check)");
-            }
-            None => {}
+        if let Some(check) = check {
+            check.wait()?;
         }
         step("memory checksum");
         let vmm = into_vmm(config, options, vm, mem, vcpus, ctx, devices)?;

@@ -249,9 +249,13 @@ fn file_checksum(file: &File, path: &Path, size: u64, copy: Option<&CopyInto>) -
 pub fn check(path: &Path, crc32: u32) -> Result<(), SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let size = file.metadata().map_err(SnapshotError::io(path))?.len();
-    let computed = file_checksum(&file, path, size, None)?;
-    if computed != crc32 {
-        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored: crc32, computed });
+    compare(path, crc32, file_checksum(&file, path, size, None)?)
+}
+
+/// A checksum recomputed from the memory file against the state's.
+fn compare(path: &Path, stored: u32, computed: u32) -> Result<(), SnapshotError> {
+    if computed != stored {
+        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored, computed });
     }
     Ok(())
 }
@@ -290,10 +294,10 @@ pub fn spawn_check(path: &Path, crc32: u32) -> PendingCheck {
 }
 
 /// Guest RAM of `size` bytes restored from the memory file at `path`:
-/// mapped private, or copied into a memfd when `shared`. A copy computes
-/// the file's checksum on the way (returned, for the caller to compare
-/// with the state's); a private mapping is checked apart ([`spawn_check`]).
-pub fn restore(path: &Path, size: u64, shared: bool) -> Result<(GuestMemoryMmap, Option<u32>), SnapshotError> {
+/// mapped private, or copied into a memfd when `shared`. A copy is checked
+/// against `crc32` (None: not checked) on its way, the pages being in hand;
+/// a private mapping is checked apart ([`spawn_check`]).
+pub fn restore(path: &Path, size: u64, shared: bool, crc32: Option<u32>) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let file_len = file.metadata().map_err(SnapshotError::io(path))?.len();
     if file_len != size {
@@ -307,21 +311,16 @@ pub fn restore(path: &Path, size: u64, shared: bool) -> Result<(GuestMemoryMmap,
         .map_err(|e| bad(e.to_string()))?;
     let regions = layout(&mem);
     if shared {
-        let crc = file_checksum(&file, path, size, Some(&CopyInto { mem: &mem, regions: &regions }))?;
-        return Ok((mem, Some(crc)));
+        let computed = file_checksum(&file, path, size, Some(&CopyInto { mem: &mem, regions: &regions }))?;
+        if let Some(stored) = crc32 {
+            compare(path, stored, computed)?;
+        }
+        return Ok(mem);
     }
     for &(start, len, offset) in &regions {
         crate::memory::map_file(&mem, &file, offset, start.0, len as u64).map_err(|e| bad(e.to_string()))?;
     }
-    Ok((mem, None))
-}
-
-/// Compares the checksum a copying [`restore`] computed with the state's.
-pub fn verify_copied(path: &Path, stored: u32, computed: u32) -> Result<(), SnapshotError> {
-    if computed != stored {
-        return Err(SnapshotError::Checksum { path: path.to_path_buf(), stored, computed });
-    }
-    Ok(())
+    Ok(mem)
 }
 
 #[cfg(test)]
@@ -363,15 +362,13 @@ mod tests {
         );
 
         check(&path, stats.crc32).expect("the checksum of an intact file");
-        let (private, none) = restore(&path, 16 << 20, false).expect("private restore");
-        assert_eq!(none, None, "a private mapping is checked apart");
+        let private = restore(&path, 16 << 20, false, Some(stats.crc32)).expect("private restore");
         check_ram(&private);
         assert_eq!(private.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a, "the boot file page");
         // A guest write stays in this VM: the file and other restores keep
         // the snapshot's bytes.
         private.write_obj(0u32, GuestAddress(0x1000)).expect("write");
-        let (shared, copied) = restore(&path, 16 << 20, true).expect("shared restore");
-        assert_eq!(copied, Some(stats.crc32), "the copy computes the checksum on the way");
+        let shared = restore(&path, 16 << 20, true, Some(stats.crc32)).expect("shared restore");
         check_ram(&shared);
         assert!(shared.iter().all(|r| r.file_offset().is_some()), "memfd-backed");
 
@@ -396,10 +393,10 @@ mod tests {
         let stats = dump(&mem, &path).expect("dump");
         assert_eq!(stats.data_bytes, 4 * PAGE as u64);
         check(&path, stats.crc32).expect("checksum");
-        let (mem, copied) = restore(&path, 16 << 20, true).expect("restore");
-        check_ram(&mem);
-        verify_copied(&path, stats.crc32, copied.expect("computed")).expect("intact");
-        assert!(verify_copied(&path, stats.crc32 ^ 1, stats.crc32).is_err());
+        check_ram(&restore(&path, 16 << 20, true, Some(stats.crc32)).expect("restore"));
+        // The copy compares the checksum it computed on its way.
+        let err = restore(&path, 16 << 20, true, Some(stats.crc32 ^ 1)).map(|_| ()).expect_err("refused");
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
 
     #[test]
@@ -407,7 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("memory");
         std::fs::write(&path, vec![1u8; PAGE]).expect("write");
-        let err = restore(&path, 16 << 20, false).map(|_| ()).expect_err("refused").to_string();
+        let err = restore(&path, 16 << 20, false, Some(0)).map(|_| ()).expect_err("refused").to_string();
         assert!(err.contains("4096 bytes; the state says guest RAM is 16777216"), "{err}");
     }
 }
