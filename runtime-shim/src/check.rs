@@ -264,12 +264,10 @@ mod tests {
     #[test]
     fn templates_are_reported_per_configured_shape() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut config = RuntimeConfig { template_dir: Some(dir.path().join("t")), ..Default::default() };
-        for (name, field) in [("vmm", &mut config.vmm), ("vmlinux", &mut config.kernel), ("initrd", &mut config.initrd)]
-        {
-            std::fs::write(dir.path().join(name), name).expect("write");
-            *field = dir.path().join(name);
-        }
+        let mut config = RuntimeConfig {
+            template_dir: Some(dir.path().join("t")),
+            ..crate::sandbox::template::tests::config_in(dir.path())
+        };
         let found = check_templates(&config);
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|f| f.status == Status::Warn && f.detail.contains("none yet")), "{found:?}");

@@ -293,10 +293,11 @@ pub fn clear(config: &RuntimeConfig) -> Result<usize, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config_in(dir: &Path) -> RuntimeConfig {
+    /// A config whose VMM, kernel and initrd are small files in `dir`.
+    pub(crate) fn config_in(dir: &Path) -> RuntimeConfig {
         let mut config = RuntimeConfig::default();
         for (name, field) in [("vmm", &mut config.vmm), ("vmlinux", &mut config.kernel), ("initrd", &mut config.initrd)]
         {
