@@ -284,13 +284,7 @@ impl Sandbox {
 fn start_vm(config: &RuntimeConfig, spec: &mut VmSpec) -> Result<(SandboxVm, bool), String> {
     if config.vm_templates {
         let shape = template::Shape::for_vm(spec.vcpus, spec.memory_mib, spec.net.as_ref().map(|net| net.mtu));
-        match template::ensure(config, &shape).and_then(|(dir, _)| match template::check(&dir, &shape) {
-            Ok(()) => Ok(dir),
-            Err(e) => {
-                template::discard(&dir);
-                Err(e)
-            }
-        }) {
+        match template::usable(config, &shape) {
             Ok(dir) => spec.restore_from = Some(dir),
             Err(e) => log::warn!("no VM template ({e}); booting cold"),
         }

@@ -205,6 +205,15 @@ pub fn check(dir: &Path, shape: &Shape) -> Result<(), String> {
     Ok(())
 }
 
+/// The template of `shape` to restore ([`ensure`]d), unless it holds a
+/// VM of another shape ([`check`]): then it is discarded and the error
+/// says why.
+pub fn usable(config: &RuntimeConfig, shape: &Shape) -> Result<PathBuf, String> {
+    let (dir, _) = ensure(config, shape)?;
+    check(&dir, shape).inspect_err(|_| discard(&dir))?;
+    Ok(dir)
+}
+
 /// Boots a template VM and snapshots it into `dir` (via a build directory
 /// renamed into place, so `dir` only ever holds a complete snapshot).
 fn build(config: &RuntimeConfig, shape: &Shape, root: &Path, key: &str, dir: &Path) -> Result<(), String> {
