@@ -88,6 +88,9 @@ suite "VM templates: ctr run in a VM restored from a snapshot" \
 suite "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per pod)" \
     cargo test --release -p kata-like-tests --test cri -- --ignored --test-threads=1
 
+suite "Kubernetes behaviours side by side with runc (CRI, one pod per handler)" \
+    cargo test --release -p kata-like-tests --test cri_conformance -- --ignored --test-threads=1
+
 # 50 SIGKILLs each of shim, VMM, virtiofsd and agent at random points, two
 # container lives at a time, then a guest panic, a console flood and an OOM;
 # nothing may be left behind (docs/security.md).

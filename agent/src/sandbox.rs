@@ -83,7 +83,10 @@ pub fn setup(req: &SetupSandboxRequest, shared_root: &Path) -> Result<(), String
                 Some(req.shared_fs_tag.as_str()),
                 shared_root,
                 Some("virtiofs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                // No nosuid/nodev here: the share holds the containers'
+                // rootfs, where setuid binaries must work as under runc;
+                // each container's mounts carry the options its spec says.
+                nix::mount::MsFlags::empty(),
                 None::<&str>,
             )
             .map_err(|e| format!("mount virtio-fs tag {:?} on {}: {e}", req.shared_fs_tag, shared_root.display()))?;

@@ -58,6 +58,7 @@ impl TestSandbox {
         let state_root = tempfile::Builder::new().prefix("kl-sb-").tempdir().map_err(|e| e.to_string())?;
         let config = runtime_config(artifacts, state_root.path().to_path_buf());
         let opts = BootOptions {
+            pod_sysctls: Default::default(),
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             netns: None,

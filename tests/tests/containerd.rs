@@ -51,7 +51,8 @@ fn ctr_run_output_exit_code_env_cwd_user_and_stdin() {
             "basics",
             "sh",
             "-c",
-            "echo hello; cat; echo after-eof; pwd; id -u; id -g; echo foo=$FOO; exit 7",
+            // lo's flags: 0x9 is IFF_UP|IFF_LOOPBACK, as runc sets it up.
+            "echo hello; cat; echo after-eof; pwd; id -u; id -g; echo foo=$FOO; cat /sys/class/net/lo/flags; exit 7",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -68,7 +69,7 @@ fn ctr_run_output_exit_code_env_cwd_user_and_stdin() {
         String::from_utf8_lossy(&out.stderr),
         c.log_tail()
     );
-    assert_eq!(stdout, "hello\npiped-in\nafter-eof\n/tmp\n1000\n1000\nfoo=bar\n", "{}", c.log_tail());
+    assert_eq!(stdout, "hello\npiped-in\nafter-eof\n/tmp\n1000\n1000\nfoo=bar\n0x9\n", "{}", c.log_tail());
     assert_clean(&c);
 }
 

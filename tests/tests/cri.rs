@@ -344,6 +344,25 @@ fn bad_pod_configs_are_refused_with_the_reason_and_leave_nothing() {
     let err = cri.call(|mut c| async move { c.run_pod_sandbox(req).await }).expect_err("a bad runtime config");
     assert!(err.message().contains("no_such_option"), "{err}");
 
+    // Host namespaces a VM cannot share, refused by their Kubernetes names.
+    for (name, option) in [("kl-host-net", "hostNetwork"), ("kl-host-pid", "hostPID"), ("kl-host-ipc", "hostIPC")] {
+        let mut pod = cri.pod_config(name);
+        let linux = pod.linux.get_or_insert_with(Default::default);
+        let ns = linux
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options
+            .get_or_insert_with(Default::default);
+        let node = k8s_cri::v1::NamespaceMode::Node as i32;
+        match option {
+            "hostNetwork" => ns.network = node,
+            "hostPID" => ns.pid = node,
+            _ => ns.ipc = node,
+        }
+        let err = cri.run_pod(&pod).expect_err(option);
+        assert!(err.message().contains(&format!("{option} is not supported by kata-like")), "{option}: {err}");
+    }
+
     // An unknown handler.
     let pod = cri.pod_config("kl-no-handler");
     let req = k8s_cri::v1::RunPodSandboxRequest { config: Some(pod), runtime_handler: "no-such-handler".into() };

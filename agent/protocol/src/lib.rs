@@ -110,3 +110,9 @@ pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// physical address of the boot-timer device (hex, e.g. `0xd0000000`). It has
 /// no '.', so the kernel hands it to init as an environment variable.
 pub const BOOT_TIMER_CMDLINE_KEY: &str = "kata_like_boot_timer";
+
+/// A container spec's PID namespace path naming the pod's shared PID
+/// namespace (Kubernetes' shareProcessNamespace): the agent starts the
+/// pod's PID 1 (a reaper, as the pause container under runc) on first use
+/// and binds its namespace here.
+pub const GUEST_POD_PID_NS: &str = "/run/kata-like/pod-pid-ns";

@@ -58,6 +58,8 @@ pub enum Step {
     Symlink { target: CString, link: CString },
     /// chdir(path).
     Chdir(CString),
+    /// Brings `lo` up in the (new) network namespace, as runc does.
+    LoopbackUp,
     /// Moves the current directory onto / and chroots into it (runc's
     /// no-pivot path: the guest root is the initramfs, which pivot_root
     /// cannot leave).
@@ -87,6 +89,8 @@ pub enum Step {
     Caps(CapSets),
     /// PR_SET_NO_NEW_PRIVS.
     NoNewPrivs,
+    /// Installs seccomp filters (`super::seccomp`), in order.
+    Seccomp(Vec<seccompiler::BpfProgram>),
     /// umask.
     Umask(libc::mode_t),
     /// Blocks until a byte (or EOF) arrives on fd.
@@ -117,6 +121,7 @@ impl Step {
             Step::Mknod { path, .. } => format!("create device {}", s(path)),
             Step::Symlink { link, .. } => format!("create symlink {}", s(link)),
             Step::Chdir(p) => format!("chdir to {}", s(p)),
+            Step::LoopbackUp => "bring up the loopback interface".into(),
             Step::MoveRoot => "move the rootfs to / and chroot".into(),
             Step::Mask(p) => format!("mask {}", s(p)),
             Step::Readonly(p) => format!("make {} read-only", s(p)),
@@ -130,6 +135,7 @@ impl Step {
             Step::Uid(u) => format!("setuid {u}"),
             Step::Caps(_) => "set capabilities".into(),
             Step::NoNewPrivs => "set no_new_privs".into(),
+            Step::Seccomp(_) => "install the seccomp filter (linux.seccomp)".into(),
             Step::Umask(_) => "set umask".into(),
             Step::WaitStart(_) => "wait for start".into(),
             Step::Exec { path, .. } => format!("execve {}", s(path)),
@@ -158,6 +164,29 @@ fn ok_if_exists(ret: libc::c_int) -> Result<(), i32> {
 
 fn opt_ptr(c: &Option<CString>) -> *const libc::c_char {
     c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// SIOCGIFFLAGS/SIOCSIFFLAGS on `lo`: IFF_UP. Only system calls.
+fn loopback_up() -> Result<(), i32> {
+    // SAFETY: a socket, two ioctls on a zeroed ifreq that lives on the
+    // stack for the calls, and close.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(errno());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut result = check(libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req));
+        if result.is_ok() {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            result = check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &req));
+        }
+        libc::close(sock);
+        result
+    }
 }
 
 /// Runs one step in the child. Only system calls; no allocation.
@@ -203,7 +232,14 @@ unsafe fn run_step(
                 libc::close(fd);
                 Ok(())
             }
-            Step::Mknod { path, mode, dev } => ok_if_exists(libc::mknod(path.as_ptr(), *mode, *dev)),
+            Step::Mknod { path, mode, dev } => {
+                if libc::mknod(path.as_ptr(), *mode, *dev) < 0 {
+                    return ok_if_exists(-1);
+                }
+                // The agent's umask must not narrow the mode (/dev/null is 0666).
+                check(libc::chmod(path.as_ptr(), *mode & 0o7777))
+            }
+            Step::LoopbackUp => loopback_up(),
             Step::Symlink { target, link } => ok_if_exists(libc::symlink(target.as_ptr(), link.as_ptr())),
             Step::Chdir(p) => check(libc::chdir(p.as_ptr())),
             Step::MoveRoot => {
@@ -335,6 +371,20 @@ unsafe fn run_step(
                 Ok(())
             }
             Step::NoNewPrivs => check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)),
+            Step::Seccomp(programs) => {
+                for program in programs {
+                    let prog = libc::sock_fprog {
+                        len: program.len() as libc::c_ushort,
+                        // seccompiler's sock_filter is the kernel's layout.
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+                    if libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0 as libc::c_ulong, &prog) < 0 {
+                        return Err(errno());
+                    }
+                }
+                Ok(())
+            }
             Step::Umask(m) => {
                 libc::umask(*m);
                 Ok(())
@@ -361,6 +411,12 @@ unsafe fn run_step(
     }
 }
 
+/// The child's handler before exec: exit as the signal would.
+extern "C" fn exit_on_signal(sig: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(128 + sig) }
+}
+
 /// The child side: reset signals, run every step, report.
 ///
 /// # Safety
@@ -376,6 +432,12 @@ unsafe fn child(steps: &[Step], status_fd: RawFd, argv: &[*const libc::c_char], 
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }
+        }
+        // As PID 1 of a new PID namespace the child would drop these (see
+        // `super::signal`); until execve resets them, they end it as they
+        // end runc's init.
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2] {
+            libc::signal(sig, exit_on_signal as *const () as libc::sighandler_t);
         }
         for (index, step) in steps.iter().enumerate() {
             if let Step::WaitStart(_) = step {

@@ -5,7 +5,10 @@
 //! * [`cgroup`], [`oom`]: the container's cgroup v2, statistics, OOM events.
 //! * [`stdio`]: stdio streams over vsock; [`mounts`], [`paths`], [`caps`]:
 //!   spec details.
-//! * [`process`]: one container process and its exit.
+//! * [`pod_pid`]: the pod's shared PID namespace and its PID 1;
+//!   [`seccomp`]: `linux.seccomp` compiled to BPF.
+//! * [`process`]: one container process and its exit; [`signal`]: signals
+//!   to an init that has not installed its handlers yet.
 //!
 //! [`Containers`] is the registry the RPC service calls into.
 
@@ -16,7 +19,10 @@ pub mod mounts;
 pub mod oom;
 pub mod paths;
 pub mod plan;
+pub mod pod_pid;
 pub mod process;
+pub mod seccomp;
+pub mod signal;
 pub mod stdio;
 
 use std::collections::HashMap;
@@ -97,6 +103,10 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     pending: Mutex<Option<Pending>>,
     state: Mutex<State>,
+    /// When the init exec'd its program.
+    started: Mutex<Option<std::time::Instant>>,
+    /// `linux.seccomp` compiled: every process of the container gets it.
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 impl std::fmt::Debug for Container {
@@ -282,11 +292,18 @@ impl Containers {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources).map_err(|e| Invalid(format!("linux.resources: {e}")))?;
         }
+        if pod_pid::wanted(spec) {
+            pod_pid::ensure(&self.reaper, Path::new(pod_pid::GUEST_POD_PID_NS)).map_err(Failed)?;
+        }
         let procs = open_procs(&cgroup)?;
         let (start_r, start_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failed(format!("pipe: {e}")))?;
         let (fds, tty) = self.stdio(id, kata_like_protocol::INIT_EXEC_ID, stdio)?;
-        let plan = plan::init_plan(spec, &rootfs, &fds, procs, start_r).map_err(Invalid)?;
+        let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            Some(profile) => seccomp::compile(profile).map_err(Invalid)?,
+            None => Vec::new(),
+        };
+        let plan = plan::init_plan(spec, &rootfs, &fds, procs, start_r, &seccomp).map_err(Invalid)?;
         let Forked { pid, exit, status, steps } = self.fork(plan, fds)?;
         match read_status(&status) {
             Status::Ready => {}
@@ -309,6 +326,8 @@ impl Containers {
             execs: Mutex::new(HashMap::new()),
             pending: Mutex::new(Some(Pending { start: start_w, status, steps })),
             state: Mutex::new(State::Created),
+            started: Mutex::new(None),
+            seccomp,
         });
         lock(&self.map).insert(id.to_string(), container);
         tracing::info!(id, pid, "container created");
@@ -324,6 +343,7 @@ impl Containers {
         match read_status(&pending.status) {
             Status::Execed => {
                 *lock(&c.state) = State::Running;
+                *lock(&c.started) = Some(std::time::Instant::now());
                 tracing::info!(id, pid = c.init.pid(), "container started");
                 Ok(c.init.pid() as u32)
             }
@@ -354,7 +374,7 @@ impl Containers {
         let process: OciProcess = kata_like_protocol::checks::oci_process(process_json).map_err(Invalid)?;
         let procs = open_procs(&c.cgroup)?;
         let (fds, tty) = self.stdio(id, exec_id, stdio)?;
-        let plan = plan::exec_plan(&process, c.init.pid(), &c.rootfs, &fds, procs).map_err(Invalid)?;
+        let plan = plan::exec_plan(&process, c.init.pid(), &c.rootfs, &fds, procs, &c.seccomp).map_err(Invalid)?;
         let Forked { pid, exit, status, steps } = self.fork(plan, fds)?;
         match read_status(&status) {
             Status::Execed => {}
@@ -383,8 +403,13 @@ impl Containers {
         if p.exited().is_some() {
             return Err(NotFound(format!("process {} of container {id} already finished", p.pid())));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), sig)
-            .map_err(|e| Failed(format!("kill {} {sig}: {e}", p.pid())))
+        let sent = if Arc::ptr_eq(&p, &c.init) {
+            let watched = p.clone();
+            signal::to_init(p.pid(), sig, *lock(&c.started), move || watched.exited().is_some())
+        } else {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid()), sig)
+        };
+        sent.map_err(|e| Failed(format!("kill {} {sig}: {e}", p.pid())))
     }
 
     /// WaitProcess: blocks until the process exits.

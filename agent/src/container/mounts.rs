@@ -24,7 +24,11 @@ pub fn parse_options(options: &[String]) -> MountOptions {
     let mut data = Vec::new();
     for opt in options {
         let (set, clear, propagation): (MsFlags, MsFlags, MsFlags) = match opt.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
+            // `rro` (recursively read-only): in the guest a shared host
+            // directory is one virtio-fs mount, so the top mount's `ro`
+            // covers what are submounts on the host (the shim makes those
+            // read-only on the host too).
+            "ro" | "rro" => (MsFlags::MS_RDONLY, MsFlags::empty(), MsFlags::empty()),
             "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY, MsFlags::empty()),
             "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty(), MsFlags::empty()),
             "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID, MsFlags::empty()),

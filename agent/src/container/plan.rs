@@ -63,7 +63,9 @@ fn process_steps(
     root_for_lookup: &Path,
     steps: &mut Vec<Step>,
     start: Option<RawFd>,
+    seccomp: &[seccompiler::BpfProgram],
 ) -> Result<(), String> {
+    let no_new_privs = process.no_new_privileges().unwrap_or(false);
     let args = process.args().clone().unwrap_or_default();
     let program = args.first().filter(|a| !a.is_empty()).ok_or("process.args must not be empty")?;
     // Arguments, environment, cwd and limits were checked with the rest of
@@ -81,6 +83,12 @@ fn process_steps(
         }
     }
     let caps = CapSets::from_spec(process.capabilities().as_ref()).map_err(|e| format!("process.capabilities: {e}"))?;
+    // As runc: without no_new_privs installing a filter needs
+    // CAP_SYS_ADMIN, so it goes in before the capabilities are dropped;
+    // with it, as late as possible (right before execve).
+    if !seccomp.is_empty() && !no_new_privs {
+        steps.push(Step::Seccomp(seccomp.to_vec()));
+    }
     steps.push(Step::Bounding(caps.bounding));
     let user = process.user();
     if user.uid() != 0 {
@@ -90,13 +98,16 @@ fn process_steps(
     steps.push(Step::Gid(user.gid()));
     steps.push(Step::Uid(user.uid()));
     steps.push(Step::Caps(caps));
-    if process.no_new_privileges().unwrap_or(false) {
+    if no_new_privs {
         steps.push(Step::NoNewPrivs);
     }
     steps.push(Step::Umask(user.umask().unwrap_or(0o022)));
     steps.push(Step::Chdir(cstr("process.cwd", cwd)?));
     if let Some(fd) = start {
         steps.push(Step::WaitStart(fd));
+    }
+    if !seccomp.is_empty() && no_new_privs {
+        steps.push(Step::Seccomp(seccomp.to_vec()));
     }
     steps.push(Step::Exec {
         path: cstr("process.args[0]", exe)?,
@@ -276,6 +287,7 @@ pub fn init_plan(
     stdio: &StdioFds,
     cgroup_procs: OwnedFd,
     start: OwnedFd,
+    seccomp: &[seccompiler::BpfProgram],
 ) -> Result<Plan, String> {
     let process = spec.process().as_ref().ok_or("the spec has no process")?;
     let linux = spec.linux().as_ref().ok_or("the spec has no linux section")?;
@@ -320,13 +332,23 @@ pub fn init_plan(
         return Err("linux.namespaces: a mount namespace is required (the rootfs is set up in it)".into());
     }
     steps.push(Step::Unshare(unshare));
+    if unshare & libc::CLONE_NEWNET != 0 {
+        steps.push(Step::LoopbackUp);
+    }
 
     let propagation = root_propagation(linux.rootfs_propagation().as_deref())?;
+    // MS_MOVE refuses a mount whose parent mount is shared (EINVAL), and
+    // the rootfs's parent may be a virtio-fs submount the guest kernel
+    // mounts on first access: with a shared root propagation the tree is
+    // private until the move, and the new root gets the spec's propagation
+    // right after it.
+    let shared_root = propagation.contains(MsFlags::MS_SHARED);
+    let before_move = if shared_root { MsFlags::MS_PRIVATE | MsFlags::MS_REC } else { propagation };
     steps.push(Step::Mount {
         source: None,
         target: cstr("/", "/")?,
         fstype: None,
-        flags: propagation.bits(),
+        flags: before_move.bits(),
         data: None,
     });
     let root = cpath(rootfs)?;
@@ -351,6 +373,15 @@ pub fn init_plan(
     }
     steps.push(Step::Chdir(root));
     steps.push(Step::MoveRoot);
+    if shared_root {
+        steps.push(Step::Mount {
+            source: None,
+            target: cstr("/", "/")?,
+            fstype: None,
+            flags: propagation.bits(),
+            data: None,
+        });
+    }
     if spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false) {
         steps.push(Step::Mount {
             source: None,
@@ -359,6 +390,11 @@ pub fn init_plan(
             flags: (MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC).bits(),
             data: None,
         });
+    }
+    // Sysctls before the read-only paths (/proc/sys is one), as runc.
+    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        steps.push(Step::WriteFile { path: cstr("linux.sysctl", path)?, value: cstr("linux.sysctl", value)? });
     }
     for p in linux.masked_paths().clone().unwrap_or_default() {
         steps.push(Step::Mask(cstr("linux.maskedPaths", p)?));
@@ -369,13 +405,9 @@ pub fn init_plan(
     if let Some(hostname) = spec.hostname().as_ref().filter(|h| !h.is_empty()) {
         steps.push(Step::Hostname(cstr("hostname", hostname.as_str())?));
     }
-    for (key, value) in linux.sysctl().clone().unwrap_or_default() {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        steps.push(Step::WriteFile { path: cstr("linux.sysctl", path)?, value: cstr("linux.sysctl", value)? });
-    }
     let start_fd = start.as_raw_fd();
     keep.push(start);
-    process_steps(process, rootfs, &mut steps, Some(start_fd))?;
+    process_steps(process, rootfs, &mut steps, Some(start_fd), seccomp)?;
     Ok(Plan { steps, pid_ns, keep })
 }
 
@@ -387,6 +419,7 @@ pub fn exec_plan(
     rootfs: &Path,
     stdio: &StdioFds,
     cgroup_procs: OwnedFd,
+    seccomp: &[seccompiler::BpfProgram],
 ) -> Result<Plan, String> {
     let mut steps = Vec::new();
     let mut keep = Vec::new();
@@ -418,7 +451,7 @@ pub fn exec_plan(
             keep.push(fd);
         }
     }
-    process_steps(process, rootfs, &mut steps, None)?;
+    process_steps(process, rootfs, &mut steps, None, seccomp)?;
     Ok(Plan { steps, pid_ns, keep })
 }
 
@@ -467,7 +500,7 @@ mod tests {
             r#"{{{BASE},"hostname":"box","process":{{"args":["sh","-c","true"],"env":["PATH=/bin"],"cwd":"/","user":{{"uid":1000,"gid":1000}},"rlimits":[{{"type":"RLIMIT_NOFILE","hard":1024,"soft":1024}}]}},
             "mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},{{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=755"]}}]}}"#
         ));
-        let plan = init_plan(&s, root.path(), &fds(), null_fd(), null_fd()).expect("plan");
+        let plan = init_plan(&s, root.path(), &fds(), null_fd(), null_fd(), &[]).expect("plan");
         assert!(matches!(plan.pid_ns, PidNs::New));
         let described: Vec<String> = plan.steps.iter().map(Step::describe).collect();
         let has = |needle: &str| described.iter().any(|d| d.contains(needle));
@@ -483,7 +516,7 @@ mod tests {
     #[test]
     fn bad_specs_are_named() {
         let root = rootfs();
-        let plan = |json: String| init_plan(&spec(&json), root.path(), &fds(), null_fd(), null_fd()).unwrap_err();
+        let plan = |json: String| init_plan(&spec(&json), root.path(), &fds(), null_fd(), null_fd(), &[]).unwrap_err();
         let err = plan(format!(r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":["nope"],"cwd":"/"}}}}"#));
         assert!(err.contains("\"nope\" not found"), "{err}");
         let err = plan(format!(r#"{{{BASE},"process":{{"user":{{"uid":0,"gid":0}},"args":[],"cwd":"/"}}}}"#));

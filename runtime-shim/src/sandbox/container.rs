@@ -10,7 +10,7 @@ use kata_like_protocol::INIT_EXEC_ID;
 use super::error::CoreError;
 use super::io::{ProcessIo, StdioPaths};
 use super::spec::ContainerSpec;
-use super::{rootfs, volumes, Sandbox};
+use super::{pod, rootfs, volumes, Sandbox};
 
 impl Sandbox {
     /// Adds container `id` to the sandbox: binds `rootfs` (a host
@@ -28,6 +28,9 @@ impl Sandbox {
         let added = (|| {
             let rel = rootfs::share_rootfs(&self.shared, id, rootfs).map_err(CoreError::Failed)?;
             let mut guest = spec.spec.clone();
+            if spec.kind == pod::Kind::PodContainer {
+                pod::merge_pod_sysctls(&mut guest, &self.pod_sysctls);
+            }
             let storages = volumes::share_mounts(&mut guest, &self.shared, id).map_err(CoreError::Invalid)?;
             let io = ProcessIo::connect(&self.uds, id, INIT_EXEC_ID, stdio).map_err(CoreError::Failed)?;
             let mut req = CreateContainerRequest::new();

@@ -55,6 +55,8 @@ pub struct Sandbox {
     rpc_timeout: std::time::Duration,
     /// The pod NIC's tap (kept until the sandbox is destroyed).
     network: Mutex<Option<NetDevice>>,
+    /// See [`BootOptions::pod_sysctls`].
+    pod_sysctls: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How a sandbox's VM differs from the runtime config's defaults.
@@ -76,6 +78,8 @@ pub struct BootOptions {
     /// Where the host's boot slots are ([`crate::sandbox::boot_slots`]); default
     /// `<state_root>/boot-slots`.
     pub boot_slots: Option<PathBuf>,
+    /// The pod's sysctls, for each of its containers ([`pod::merge_pod_sysctls`]).
+    pub pod_sysctls: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The state directory's name for sandbox `id`: the id, or for long ids
@@ -217,6 +221,7 @@ impl Sandbox {
             shared,
             rpc_timeout: config.rpc_timeout(),
             network: Mutex::new(network.map(|(device, _)| device)),
+            pod_sysctls: opts.pod_sysctls,
         })
     }
 

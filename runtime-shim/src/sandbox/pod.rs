@@ -67,8 +67,8 @@ pub fn network_namespace(spec: &Value) -> Option<std::path::PathBuf> {
 
 /// Rewrites namespace entries that name host namespaces by path: network,
 /// IPC and UTS ones are dropped (the process joins the guest's root ones,
-/// which are the pod's); a PID namespace path (shareProcessNamespace) gets
-/// a fresh PID namespace instead, which is logged; other paths are refused.
+/// which are the pod's); a PID namespace path (shareProcessNamespace)
+/// becomes the pod's PID namespace in the guest; other paths are refused.
 pub fn adapt_namespaces(spec: &mut Value) -> Result<(), String> {
     let Some(list) = spec.pointer_mut("/linux/namespaces").and_then(Value::as_array_mut) else {
         return Ok(());
@@ -84,10 +84,9 @@ pub fn adapt_namespaces(spec: &mut Value) -> Result<(), String> {
         match ty.as_str() {
             "network" | "ipc" | "uts" => {}
             "pid" => {
-                log::warn!("a shared PID namespace is not supported in the VM; the container gets its own");
-                if let Some(o) = ns.as_object_mut() {
-                    o.remove("path");
-                }
+                // The pod's shared PID namespace (shareProcessNamespace):
+                // the agent keeps one per VM, with a PID 1 of its own.
+                ns["path"] = Value::String(kata_like_protocol::GUEST_POD_PID_NS.into());
                 kept.push(ns);
             }
             other => {
@@ -99,6 +98,87 @@ pub fn adapt_namespaces(spec: &mut Value) -> Result<(), String> {
     }
     *list = kept;
     Ok(())
+}
+
+/// A pod sandbox's spec must give the pod its own network, PID and IPC
+/// namespaces: containerd leaves one out for hostNetwork, hostPID and
+/// hostIPC, which a VM cannot share with the host. Refused by name, so
+/// kubelet reports it rather than running a pod that would not see what
+/// it asked for.
+pub fn refuse_host_namespaces(spec: &Value) -> Result<(), String> {
+    let has = |ty: &str| namespaces(spec).any(|n| n.get("type").and_then(Value::as_str) == Some(ty));
+    let missing: Vec<&str> = [("network", "hostNetwork"), ("pid", "hostPID"), ("ipc", "hostIPC")]
+        .into_iter()
+        .filter(|(ty, _)| !has(ty))
+        .map(|(_, option)| option)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} {} not supported by kata-like: a pod runs in its own VM and cannot share the host's namespaces \
+         (use another RuntimeClass for such pods)",
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" }
+    ))
+}
+
+/// The pod's sysctls (`linux.sysctl` of the sandbox spec: containerd 1.6
+/// sets them there only), which every container of the pod gets under its
+/// own, as they apply to the pod's shared namespaces.
+pub fn merge_pod_sysctls(spec: &mut Value, pod: &serde_json::Map<String, Value>) {
+    if pod.is_empty() {
+        return;
+    }
+    let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) else { return };
+    let sysctl = linux.entry("sysctl").or_insert_with(|| Value::Object(Default::default()));
+    if let Some(own) = sysctl.as_object_mut() {
+        for (key, value) in pod {
+            own.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+}
+
+/// Refuses sysctls that are not in a namespace of the container's own, by
+/// name, with runc's rules: IPC ones need an IPC namespace, `net.*` a
+/// network namespace, `kernel.domainname` a UTS namespace;
+/// `kernel.hostname` conflicts with the spec's hostname; everything else
+/// is host-wide (the guest's, here: shared by every pod container).
+pub fn check_sysctls(spec: &Value) -> Result<(), String> {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let has = |ty: &str| namespaces(spec).any(|n| n.get("type").and_then(Value::as_str) == Some(ty));
+    for key in sysctls(spec).keys() {
+        let name = key.replace('/', ".");
+        let needs = if IPC.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+            "ipc"
+        } else if name.starts_with("net.") {
+            "network"
+        } else if name == "kernel.domainname" {
+            "uts"
+        } else if name == "kernel.hostname" {
+            return Err(format!("linux.sysctl: {key:?} conflicts with the OCI \"hostname\" field"));
+        } else {
+            return Err(format!("linux.sysctl: {key:?} is not in a separate kernel namespace"));
+        };
+        if !has(needs) {
+            return Err(format!("linux.sysctl: {key:?} needs a {needs} namespace of the container's own"));
+        }
+    }
+    Ok(())
+}
+
+/// The spec's `linux.sysctl` as a map.
+pub fn sysctls(spec: &Value) -> serde_json::Map<String, Value> {
+    spec.pointer("/linux/sysctl").and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
 /// The spec's `linux.cgroupsPath` ("" when unset): the VM's host cgroup.
@@ -189,12 +269,53 @@ mod tests {
         ]}});
         assert_eq!(network_namespace(&spec).as_deref(), Some(std::path::Path::new("/proc/42/ns/net")));
         adapt_namespaces(&mut spec).expect("ok");
-        assert_eq!(spec["linux"]["namespaces"], json!([{"type": "pid"}, {"type": "mount"}, {"type": "pid"}]));
+        assert_eq!(
+            spec["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "mount"}, {"type": "pid", "path": kata_like_protocol::GUEST_POD_PID_NS}])
+        );
         assert_eq!(network_namespace(&spec), None);
 
         let mut user = json!({"linux": {"namespaces": [{"type": "user", "path": "/proc/1/ns/user"}]}});
         let err = adapt_namespaces(&mut user).unwrap_err();
         assert!(err.contains("host user namespace"), "{err}");
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_their_kubernetes_name() {
+        let ns = |types: &[&str]| json!({"linux": {"namespaces": types.iter().map(|t| json!({"type": t})).collect::<Vec<_>>()}});
+        refuse_host_namespaces(&ns(&["pid", "ipc", "uts", "mount", "network"])).expect("a pod of its own");
+        let err = refuse_host_namespaces(&ns(&["pid", "ipc", "uts", "mount"])).unwrap_err();
+        assert!(err.starts_with("hostNetwork is not supported"), "{err}");
+        let err = refuse_host_namespaces(&ns(&["mount", "network"])).unwrap_err();
+        assert!(err.starts_with("hostPID, hostIPC are not supported"), "{err}");
+    }
+
+    #[test]
+    fn sysctls_outside_the_containers_namespaces_are_refused_by_name() {
+        let spec = |ns: &[&str], key: &str| {
+            json!({"linux": {"namespaces": ns.iter().map(|t| json!({"type": t})).collect::<Vec<_>>(),
+                             "sysctl": {key: "1"}}})
+        };
+        check_sysctls(&spec(&["ipc"], "kernel.shm_rmid_forced")).expect("ipc");
+        check_sysctls(&spec(&["ipc"], "fs.mqueue.msg_max")).expect("mqueue");
+        check_sysctls(&spec(&["network"], "net.ipv4.ip_unprivileged_port_start")).expect("net");
+        let err = check_sysctls(&spec(&["ipc"], "net.ipv4.ip_forward")).unwrap_err();
+        assert!(err.contains("\"net.ipv4.ip_forward\" needs a network namespace"), "{err}");
+        let err = check_sysctls(&spec(&["ipc", "network", "uts"], "kernel.pid_max")).unwrap_err();
+        assert!(err.contains("\"kernel.pid_max\" is not in a separate kernel namespace"), "{err}");
+        let err = check_sysctls(&spec(&["uts"], "kernel.hostname")).unwrap_err();
+        assert!(err.contains("hostname"), "{err}");
+    }
+
+    #[test]
+    fn pod_sysctls_are_added_under_the_containers_own() {
+        let mut spec = json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "0"}}});
+        let pod = sysctls(&json!({"linux": {"sysctl": {"net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1"}}}));
+        merge_pod_sysctls(&mut spec, &pod);
+        assert_eq!(spec["linux"]["sysctl"], json!({"net.ipv4.ip_forward": "0", "kernel.shm_rmid_forced": "1"}));
+        let mut bare = json!({"linux": {}});
+        merge_pod_sysctls(&mut bare, &pod);
+        assert_eq!(bare["linux"]["sysctl"]["kernel.shm_rmid_forced"], "1");
     }
 
     #[test]

@@ -40,10 +40,13 @@ impl ContainerSpec {
     /// Parses `config.json` bytes; errors start with `config.json`.
     pub fn parse(raw: &[u8]) -> Result<ContainerSpec, String> {
         let (mut spec, root_path) = guest_spec(raw)?;
+        let kind = pod::kind(&spec);
+        if kind == pod::Kind::Sandbox {
+            pod::refuse_host_namespaces(&spec)?;
+        }
         let netns = pod::network_namespace(&spec);
         pod::adapt_namespaces(&mut spec).map_err(|e| format!("config.json: {e}"))?;
         let terminal = spec.pointer("/process/terminal").and_then(Value::as_bool).unwrap_or(false);
-        let kind = pod::kind(&spec);
         Ok(ContainerSpec { spec, root_path, netns, terminal, kind })
     }
 
@@ -82,6 +85,7 @@ impl ContainerSpec {
             setup: pod::setup_request(&self.spec),
             cgroups_path: pod::cgroups_path(&self.spec),
             boot_slots: None,
+            pod_sysctls: if self.kind == pod::Kind::Sandbox { pod::sysctls(&self.spec) } else { Default::default() },
         }
     }
 }
@@ -99,9 +103,6 @@ fn guest_spec(raw: &[u8]) -> Result<(serde_json::Value, String), String> {
         m.iter().any(|m| matches!(m.get("type").and_then(|t| t.as_str()), Some("cgroup" | "cgroup2")))
     });
     if let Some(linux) = spec.get_mut("linux").and_then(|l| l.as_object_mut()) {
-        if linux.remove("seccomp").is_some() {
-            log::warn!("seccomp profiles are not applied inside the guest yet; the VM is the boundary");
-        }
         // The guest has cgroup v2: a container that mounts its cgroups sees
         // its own cgroup there (as runc shows it on a v1 host) only from a
         // cgroup namespace, so it gets one.
@@ -112,6 +113,7 @@ fn guest_spec(raw: &[u8]) -> Result<(serde_json::Value, String), String> {
             }
         }
     }
+    pod::check_sysctls(&spec)?;
     // Everything the agent would refuse in what it gets, refused here:
     // before a VM boots or anything is mounted for it.
     let adapted = serde_json::to_vec(&spec).map_err(|e| format!("config.json: {e}"))?;
@@ -126,11 +128,11 @@ mod tests {
     #[test]
     fn a_container_mounting_its_cgroups_gets_a_cgroup_namespace() {
         let raw = br#"{"mounts":[{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup"}],
-                       "linux":{"namespaces":[{"type":"mount"}],"seccomp":{}}}"#;
+                       "linux":{"namespaces":[{"type":"mount"}],"seccomp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#;
         let (spec, root) = guest_spec(raw).expect("ok");
         assert_eq!(root, "rootfs");
         assert_eq!(spec["linux"]["namespaces"], serde_json::json!([{"type": "mount"}, {"type": "cgroup"}]));
-        assert!(spec["linux"].get("seccomp").is_none());
+        assert!(spec["linux"].get("seccomp").is_some(), "the guest applies seccomp profiles");
         let (plain, _) = guest_spec(br#"{"linux":{"namespaces":[{"type":"mount"}]}}"#).expect("ok");
         assert_eq!(plain["linux"]["namespaces"], serde_json::json!([{"type": "mount"}]));
         assert!(guest_spec(b"[1]").unwrap_err().contains("not a JSON object"));

@@ -107,6 +107,61 @@ fn bind_into(source: &Path, target: &Path, recursive: bool, ro: bool) -> Result<
     Ok(())
 }
 
+/// The mounts below `source` on the host (not `source` itself), shallow
+/// first, each with whether it is read-only.
+fn submounts(source: &Path) -> Vec<(PathBuf, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<(PathBuf, bool)> = info
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = PathBuf::from(crate::mountinfo::unescape(fields.get(4)?));
+            let ro = fields.get(5)?.split(',').any(|o| o == "ro");
+            (point != source && point.starts_with(source)).then_some((point, ro))
+        })
+        .collect();
+    found.sort_by_key(|(p, _)| p.components().count());
+    found.dedup_by(|a, b| a.0 == b.0);
+    found
+}
+
+/// A read-only `rbind` is read-only at its top only (as mount(8)'s `ro`
+/// on a recursive bind): submounts keep their own mode. In the guest the
+/// whole host tree is one virtio-fs mount, so each host submount of
+/// `source` becomes a bind of its own below `destination`, from its place
+/// in the shared copy (`guest` in the guest). `rro` instead makes every
+/// submount read-only, on the host side too.
+fn split_submounts(
+    source: &Path,
+    target: &Path,
+    guest: &str,
+    destination: &str,
+    rro: bool,
+) -> Result<Vec<Value>, String> {
+    let mut extra = Vec::new();
+    for (point, ro) in submounts(source) {
+        let Ok(rel) = point.strip_prefix(source) else { continue };
+        if rro {
+            mount(
+                None::<&str>,
+                &target.join(rel),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make submount {} read-only: {e}", point.display()))?;
+            continue;
+        }
+        extra.push(serde_json::json!({
+            "destination": Path::new(destination).join(rel),
+            "type": "bind",
+            "source": format!("{guest}/{}", rel.display()),
+            "options": ["rbind", if ro { "ro" } else { "rw" }],
+        }));
+    }
+    Ok(extra)
+}
+
 /// Rewrites the bind mounts of `spec` (container `id`) as the module doc
 /// says, binding host sources into `shared`; returns the storages the guest
 /// must set up first. On error, binds already made stay under
@@ -116,6 +171,7 @@ pub fn share_mounts(spec: &mut Value, shared: &Path, id: &str) -> Result<Vec<Sto
     let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) else {
         return Ok(storages);
     };
+    let mut split = Vec::new();
     for (i, m) in mounts.iter_mut().enumerate() {
         if !is_bind(m) {
             continue;
@@ -132,11 +188,25 @@ pub fn share_mounts(spec: &mut Value, shared: &Path, id: &str) -> Result<Vec<Sto
             path
         } else {
             let rel = format!("{id}/mounts/{i}");
-            bind_into(&source, &shared.join(&rel), has_option(m, "rbind"), has_option(m, "ro"))
-                .map_err(|e| format!("{what}: {e}"))?;
-            format!("{GUEST_SHARED_MOUNT}/{rel}")
+            let (rbind, rro) = (has_option(m, "rbind"), has_option(m, "rro"));
+            let target = shared.join(&rel);
+            bind_into(&source, &target, rbind, has_option(m, "ro") || rro).map_err(|e| format!("{what}: {e}"))?;
+            let guest = format!("{GUEST_SHARED_MOUNT}/{rel}");
+            if rbind && (has_option(m, "ro") || rro) {
+                let extra =
+                    split_submounts(&source, &target, &guest, &destination, rro).map_err(|e| format!("{what}: {e}"))?;
+                split.push((i, extra));
+            }
+            guest
         };
         m["source"] = Value::String(guest);
+    }
+    // Each submount right after its parent mount, last index first so the
+    // earlier indices stay valid.
+    for (i, extra) in split.into_iter().rev() {
+        for (k, m) in extra.into_iter().enumerate() {
+            mounts.insert(i + 1 + k, m);
+        }
     }
     Ok(storages)
 }
@@ -203,6 +273,35 @@ mod tests {
         assert_eq!(std::fs::read_to_string(host.path().join("new")).expect("on the host"), "y");
         assert_eq!(s["mounts"][0]["source"], format!("{GUEST_SHARED_MOUNT}/c1/mounts/0"));
         assert_eq!(s["mounts"][1]["source"], format!("{GUEST_SHARED_MOUNT}/c1/mounts/1"));
+    }
+
+    #[test]
+    fn a_read_only_rbind_keeps_its_submounts_writable_and_rro_does_not() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let host = tempfile::tempdir().expect("tmp");
+        let shared = tempfile::tempdir().expect("tmp");
+        let sub = host.path().join("cache");
+        std::fs::create_dir(&sub).expect("mkdir");
+        mount(Some("t"), &sub, Some("tmpfs"), MsFlags::empty(), Some("size=1m")).expect("tmpfs");
+        let mut s = spec(serde_json::json!([
+            {"destination":"/mnt","type":"bind","source":host.path(),"options":["rbind","ro"]},
+            {"destination":"/all-ro","type":"bind","source":host.path(),"options":["rbind","rro"]},
+        ]));
+        let result = share_mounts(&mut s, shared.path(), "c1");
+        let write_rro = std::fs::write(shared.path().join("c1/mounts/1/cache/x"), "x");
+        crate::sandbox::rootfs::remove_dir_mounts(&shared.path().join("c1"));
+        let _ = nix::mount::umount(&sub);
+        result.expect("ok");
+        assert!(write_rro.is_err(), "rro made the submount read-only on the host");
+        let mounts = s["mounts"].as_array().expect("mounts");
+        assert_eq!(mounts.len(), 3, "{mounts:?}");
+        assert_eq!(mounts[1]["destination"], "/mnt/cache");
+        assert_eq!(mounts[1]["source"], format!("{GUEST_SHARED_MOUNT}/c1/mounts/0/cache"));
+        assert_eq!(mounts[1]["options"], serde_json::json!(["rbind", "rw"]));
+        assert_eq!(mounts[2]["destination"], "/all-ro");
     }
 
     #[test]

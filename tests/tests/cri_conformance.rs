@@ -1,0 +1,269 @@
+//! Kubernetes behaviours as kubelet drives them through containerd's CRI
+//! plugin, each run under runc and under kata-like side by side, so a
+//! difference is a kata-like bug (or a documented VM limit, asserted as a
+//! clear refusal). `#[ignore]`d (they boot microVMs); scripts/test.sh runs
+//! them.
+
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
+use test_infra::cri::Cri;
+
+/// The handlers every behaviour runs under: the baseline first.
+const HANDLERS: [&str; 2] = ["runc", test_infra::cri::HANDLER];
+
+fn setup(test: &str) -> Option<Cri> {
+    test_infra::vm_test(test)?;
+    if let Some(reason) = test_infra::cri::unavailable() {
+        test_infra::skip(test, &reason);
+        return None;
+    }
+    Some(Cri::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+}
+
+fn ctx(cri: &Cri) -> String {
+    format!("\n--- containerd log (tail) ---\n{}", cri.containerd.log_tail())
+}
+
+/// A pod of `handler` named `<name>-<handler>`: its id and config.
+fn pod(cri: &Cri, name: &str, handler: &str, edit: impl FnOnce(&mut PodSandboxConfig)) -> (String, PodSandboxConfig) {
+    let mut config = cri.pod_config(&format!("{name}-{handler}"));
+    edit(&mut config);
+    let id = cri.run_pod_with(&config, handler).unwrap_or_else(|e| panic!("RunPodSandbox {handler}: {e}{}", ctx(cri)));
+    (id, config)
+}
+
+fn start(cri: &Cri, pod: &(String, PodSandboxConfig), config: ContainerConfig) -> String {
+    let name = config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
+    cri.start_container(&pod.0, &pod.1, config).unwrap_or_else(|e| panic!("start {name}: {e}{}", ctx(cri)))
+}
+
+fn finish(cri: &Cri, pods: Vec<String>) {
+    for id in pods {
+        cri.remove_pod(&id).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(cri)));
+    }
+    let left = cri.containerd.wait_clean(Duration::from_secs(60));
+    assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(cri));
+}
+
+/// StopContainer right after StartContainer: the SIGTERM reaches the
+/// process (exit 143 from its trap, not SIGKILL's 137 after the grace
+/// period), and StopContainer of a container that already stopped returns.
+#[test]
+#[ignore = "boots a microVM through containerd's CRI plugin"]
+fn sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succeeds() {
+    let Some(cri) = setup("sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succeeds") else {
+        return;
+    };
+    let mut pods = Vec::new();
+    for handler in HANDLERS {
+        let p = pod(&cri, "kl-term", handler, |_| {});
+        let term = Cri::container_config("term", &["sh", "-c", "trap 'exit 143' TERM; sleep 600 & wait"]);
+        let id = start(&cri, &p, term);
+        let t = Instant::now();
+        cri.stop_container(&id, 60).unwrap_or_else(|e| panic!("{handler}: stop: {e}{}", ctx(&cri)));
+        let stop_took = t.elapsed();
+        let status = cri.container_status(&id).unwrap_or_else(|e| panic!("{handler}: status: {e}"));
+        assert_eq!(status.exit_code, 143, "{handler}: the SIGTERM sent right after start reached the trap: {status:?}");
+        let t = Instant::now();
+        cri.stop_container(&id, 60).unwrap_or_else(|e| panic!("{handler}: stop of a stopped container: {e}"));
+        eprintln!("{handler}: stop right after start {stop_took:?}, stop of a stopped container {:?}", t.elapsed());
+
+        let quick = start(&cri, &p, Cri::container_config("quick", &["true"]));
+        let status = cri.wait_exited(&quick, Duration::from_secs(300)).unwrap_or_else(|e| panic!("{handler}: {e}"));
+        assert_eq!(status.exit_code, 0, "{handler}: {status:?}");
+        let t = Instant::now();
+        cri.stop_container(&quick, 60).unwrap_or_else(|e| panic!("{handler}: stop of an exited container: {e}"));
+        eprintln!("{handler}: stop of an exited container {:?}", t.elapsed());
+        pods.push(p.0);
+    }
+    finish(&cri, pods);
+}
+
+/// A static program printing its effective uid, built with the host's C
+/// compiler (a setuid-root copy of it shows whether setuid works); `None`
+/// with the reason when there is no compiler.
+fn euid_probe(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let src = dir.join("euid.c");
+    std::fs::write(
+        &src,
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"euid=%d\\n\",(int)geteuid());return 0;}\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let bin = dir.join("euid");
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cc -static: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o4755)).map_err(|e| e.to_string())?;
+    Ok(bin)
+}
+
+/// A tmpfs mounted at `dir` (made shared with `shared`), unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn new(dir: std::path::PathBuf, shared: bool) -> Tmpfs {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "kl"])
+            .arg(&dir)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        if shared {
+            let out = std::process::Command::new("mount").arg("--make-shared").arg(&dir).output().expect("mount");
+            assert!(out.status.success(), "make-shared: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn as_user(config: &mut ContainerConfig, uid: i64) {
+    let sc = config.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+    sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: uid });
+}
+
+fn share_pids(ns: &mut Option<k8s_cri::v1::NamespaceOption>) {
+    if let Some(ns) = ns.as_mut() {
+        ns.pid = k8s_cri::v1::NamespaceMode::Pod as i32;
+    }
+}
+
+/// One pod per handler with what kubelet asks of a pod's kernel view and
+/// mounts: pod sysctls, a shared PID namespace, setuid binaries, a
+/// read-only volume with a writable submount, a bidirectional mount, the
+/// default devices for a non-root user. The same checks, the same answers.
+#[test]
+#[ignore = "boots a microVM through containerd's CRI plugin"]
+fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
+    let Some(cri) = setup("pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc") else { return };
+    let host = tempfile::tempdir().expect("tmp");
+    let probe = euid_probe(host.path());
+    // A read-only volume whose source has a writable tmpfs below it.
+    let ro_vol = host.path().join("ro-vol");
+    let _ro_sub = Tmpfs::new(ro_vol.join("scratch"), false);
+    // A bidirectional mount needs a shared host mount.
+    let bidir = Tmpfs::new(host.path().join("bidir"), true);
+    let local_profile = host.path().join("no-mkdir.json");
+    std::fs::write(
+        &local_profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+    )
+    .expect("write the profile");
+    let mut pods = Vec::new();
+    let mut answers = Vec::new();
+    for handler in HANDLERS {
+        let _ = std::fs::remove_file(bidir.0.join("f"));
+        let p = pod(&cri, "kl-kernel", handler, |c| {
+            let linux = c.linux.get_or_insert_with(Default::default);
+            linux.sysctls.insert("kernel.shm_rmid_forced".into(), "1".into());
+            linux.sysctls.insert("fs.mqueue.msg_max".into(), "64".into());
+            share_pids(&mut linux.security_context.get_or_insert_with(Default::default).namespace_options);
+        });
+        let mut first = Cri::container_config("first", &["sleep", "601"]);
+        share_pids(
+            &mut first
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default)
+                .namespace_options,
+        );
+        let _first = start(&cri, &p, first);
+
+        let mut user = Cri::container_config("user", &["sleep", "600"]);
+        as_user(&mut user, 1000);
+        share_pids(
+            &mut user
+                .linux
+                .get_or_insert_with(Default::default)
+                .security_context
+                .get_or_insert_with(Default::default)
+                .namespace_options,
+        );
+        user.mounts = vec![Cri::mount(&ro_vol, "/ro", true), {
+            let mut m = Cri::mount(&bidir.0, "/bidir", false);
+            m.propagation = k8s_cri::v1::MountPropagation::PropagationBidirectional as i32;
+            m
+        }];
+        if let Ok(bin) = &probe {
+            user.mounts.push(Cri::mount(bin.parent().expect("dir"), "/probe", false));
+        }
+        let user = start(&cri, &p, user);
+        let run = |script: &str| -> String {
+            let (code, out, err) =
+                cri.exec_sync(&user, &["sh", "-c", script]).unwrap_or_else(|e| panic!("{handler}: {script}: {e}"));
+            format!("{code}:{}{}", out.trim(), err.trim())
+        };
+        let mut got = vec![
+            ("sysctl kernel.shm_rmid_forced", run("cat /proc/sys/kernel/shm_rmid_forced")),
+            ("sysctl fs.mqueue.msg_max", run("cat /proc/sys/fs/mqueue/msg_max")),
+            (
+                "another container's process",
+                run("for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null | grep -cx 'sleep 601 '"),
+            ),
+            ("pid 1 is the pod's, not a container's", run("tr '\\0' ' ' < /proc/1/cmdline | grep -c 'sleep 60[01]'; true")),
+            ("write /dev/null as uid 1000", run("echo x > /dev/null && echo ok")),
+            (
+                "devices are 0666",
+                run("stat -c '%a %n' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty | tr '\\n' ' '"),
+            ),
+            ("ro volume refuses a write", run("touch /ro/file 2>/dev/null && echo wrote || echo refused")),
+            ("its tmpfs submount takes one", run("touch /ro/scratch/file && echo wrote")),
+            ("bidirectional mount is writable", run("echo from-$KL_TEST > /bidir/f && cat /bidir/f")),
+        ];
+        match &probe {
+            Ok(_) => got.push(("setuid-root binary", run("/probe/euid"))),
+            Err(why) => eprintln!("setuid check skipped: no static C program ({why})"),
+        }
+        // Seccomp: the runtime's default profile, and a Localhost one that
+        // makes mkdir fail with EACCES, for the init and for execs.
+        for (name, profile) in [("seccomp-default", None), ("seccomp-local", Some(&local_profile))] {
+            let mut c = Cri::container_config(name, &["sleep", "600"]);
+            let sc = c.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
+            sc.seccomp = Some(k8s_cri::v1::SecurityProfile {
+                profile_type: match profile {
+                    None => k8s_cri::v1::security_profile::ProfileType::RuntimeDefault as i32,
+                    Some(_) => k8s_cri::v1::security_profile::ProfileType::Localhost as i32,
+                },
+                localhost_ref: profile.map(|p| p.display().to_string()).unwrap_or_default(),
+            });
+            let id = start(&cri, &p, c);
+            let run = |script: &str| -> String {
+                let (code, out, err) =
+                    cri.exec_sync(&id, &["sh", "-c", script]).unwrap_or_else(|e| panic!("{handler}: {script}: {e}"));
+                format!("{code}:{}{}", out.trim(), err.trim())
+            };
+            got.push((
+                "seccomp mode of the init and of an exec",
+                run("grep Seccomp: /proc/1/status /proc/self/status | tr -s '\\t ' ' '"),
+            ));
+            got.push(("mkdir under the profile", run("mkdir /tmp/made 2>&1; echo $?")));
+        }
+        let on_host = std::fs::read_to_string(bidir.0.join("f")).unwrap_or_default();
+        got.push(("bidirectional mount seen on the host", on_host.trim().to_string()));
+        eprintln!("{handler}: {got:#?}");
+        answers.push((handler, got));
+        pods.push(p.0);
+    }
+    let (runc, ours) = (&answers[0].1, &answers[1].1);
+    // The baseline is what we expect, so a broken host shows as such.
+    assert_eq!(runc[0].1, "0:1", "runc baseline: {runc:#?}");
+    for ((what, theirs), (_, mine)) in runc.iter().zip(ours) {
+        assert_eq!(mine, theirs, "{what}: kata-like answers {mine:?}, runc {theirs:?}{}", ctx(&cri));
+    }
+    finish(&cri, pods);
+}
