@@ -80,18 +80,39 @@ fn sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succe
     finish(&cri, pods);
 }
 
-/// A static program printing its effective uid, built with the host's C
-/// compiler (a setuid-root copy of it shows whether setuid works); `None`
-/// with the reason when there is no compiler.
-fn euid_probe(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+/// A static probe, built with the host's C compiler: `probe euid` prints
+/// its effective uid (a setuid-root copy shows whether setuid works),
+/// `probe setcap FILE` gives FILE cap_net_bind_service=ep (a
+/// `security.capability` xattr), `probe as UID PROG ARGS…` runs PROG as UID.
+fn probe(dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let src = dir.join("euid.c");
-    std::fs::write(
-        &src,
-        "#include <stdio.h>\n#include <unistd.h>\nint main(void){printf(\"euid=%d\\n\",(int)geteuid());return 0;}\n",
-    )
-    .map_err(|e| e.to_string())?;
-    let bin = dir.join("euid");
+    const SOURCE: &str = r#"
+#include <errno.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "euid")) { printf("euid=%d\n", (int)geteuid()); return 0; }
+    if (argc == 3 && !strcmp(argv[1], "setcap")) {
+        /* struct vfs_cap_data, revision 2, effective: cap 10 permitted */
+        unsigned int data[5] = { 0x02000001, 1u << 10, 0, 0, 0 };
+        if (setxattr(argv[2], "security.capability", data, sizeof data, 0)) { printf("setcap=%s\n", strerror(errno)); return 1; }
+        printf("setcap=ok\n"); return 0;
+    }
+    if (argc >= 4 && !strcmp(argv[1], "as")) {
+        int uid = atoi(argv[2]);
+        if (setgroups(0, NULL) || setgid(uid) || setuid(uid)) { perror("drop"); return 1; }
+        execv(argv[3], argv + 3); perror("exec"); return 1;
+    }
+    fprintf(stderr, "usage\n"); return 2;
+}
+"#;
+    let src = dir.join("probe.c");
+    std::fs::write(&src, SOURCE).map_err(|e| e.to_string())?;
+    let bin = dir.join("probe");
     let out = std::process::Command::new("cc")
         .args(["-static", "-O2", "-o"])
         .arg(&bin)
@@ -151,7 +172,7 @@ fn share_pids(ns: &mut Option<k8s_cri::v1::NamespaceOption>) {
 fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
     let Some(cri) = setup("pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc") else { return };
     let host = tempfile::tempdir().expect("tmp");
-    let probe = euid_probe(host.path());
+    let probe = probe(host.path());
     // A read-only volume whose source has a writable tmpfs below it.
     let ro_vol = host.path().join("ro-vol");
     let _ro_sub = Tmpfs::new(ro_vol.join("scratch"), false);
@@ -226,8 +247,29 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
             ("bidirectional mount is writable", run("echo from-$KL_TEST > /bidir/f && cat /bidir/f")),
         ];
         match &probe {
-            Ok(_) => got.push(("setuid-root binary", run("/probe/euid"))),
+            Ok(_) => got.push(("setuid-root binary", run("/probe/probe euid"))),
             Err(why) => eprintln!("setuid check skipped: no static C program ({why})"),
+        }
+        // File capabilities on the rootfs (virtio-fs xattrs): set as root,
+        // effective for an unprivileged user.
+        if probe.is_ok() {
+            let caps = start(&cri, &p, {
+                let mut c = Cri::container_config("filecaps", &["sleep", "600"]);
+                c.mounts.push(Cri::mount(probe.as_ref().expect("probe").parent().expect("dir"), "/probe", false));
+                c
+            });
+            let (code, out, err) = cri
+                .exec_sync(
+                    &caps,
+                    &[
+                        "sh",
+                        "-c",
+                        "mkdir -p /tmp/fc && cp /bin/busybox /tmp/fc/busybox && /probe/probe setcap /tmp/fc/busybox && \
+                         /probe/probe as 1000 /tmp/fc/busybox grep CapEff /proc/self/status",
+                    ],
+                )
+                .unwrap_or_else(|e| panic!("{handler}: filecaps: {e}"));
+            got.push(("file capability on the rootfs", format!("{code}:{}{}", out.trim(), err.trim())));
         }
         // Seccomp: the runtime's default profile, and a Localhost one that
         // makes mkdir fail with EACCES, for the init and for execs.
@@ -262,8 +304,46 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
     let (runc, ours) = (&answers[0].1, &answers[1].1);
     // The baseline is what we expect, so a broken host shows as such.
     assert_eq!(runc[0].1, "0:1", "runc baseline: {runc:#?}");
+    if let Some((_, caps)) = runc.iter().find(|(what, _)| what.starts_with("file capability")) {
+        assert!(caps.contains("0000000000000400"), "runc baseline: cap_net_bind_service effective: {caps:?}");
+    }
     for ((what, theirs), (_, mine)) in runc.iter().zip(ours) {
         assert_eq!(mine, theirs, "{what}: kata-like answers {mine:?}, runc {theirs:?}{}", ctx(&cri));
+    }
+    finish(&cri, pods);
+}
+
+/// ExecSync with a deadline: the call ends with DeadlineExceeded and the
+/// timed-out process is gone from the container.
+#[test]
+#[ignore = "boots a microVM through containerd's CRI plugin"]
+fn exec_sync_deadline_ends_the_call_and_the_process() {
+    let Some(cri) = setup("exec_sync_deadline_ends_the_call_and_the_process") else { return };
+    let mut pods = Vec::new();
+    for handler in HANDLERS {
+        let p = pod(&cri, "kl-deadline", handler, |_| {});
+        let id = start(&cri, &p, Cri::container_config("app", &["sleep", "600"]));
+        // Warm: the first exec in a fresh VM pays for paging in.
+        cri.exec_sync(&id, &["true"]).unwrap_or_else(|e| panic!("{handler}: {e}"));
+        let req = k8s_cri::v1::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sleep".into(), "77".into()],
+            timeout: 1,
+        };
+        let t = Instant::now();
+        let result = cri.call(|mut c| async move { c.exec_sync(req).await });
+        let took = t.elapsed();
+        let err = result.expect_err("the deadline passes");
+        assert!(
+            err.code() == tonic::Code::DeadlineExceeded || err.message().contains("deadline exceeded"),
+            "{handler}: {err:?}"
+        );
+        let (_, left, _) = cri
+            .exec_sync(&id, &["sh", "-c", "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done"])
+            .unwrap_or_else(|e| panic!("{handler}: {e}"));
+        assert!(!left.lines().any(|l| l.trim() == "sleep 77"), "{handler}: the timed-out process is left: {left}");
+        eprintln!("{handler}: ExecSync with a 1 s deadline returned after {took:?}: {}", err.message());
+        pods.push(p.0);
     }
     finish(&cri, pods);
 }

@@ -10,10 +10,20 @@
 //!   emulated guest kernel and virtiofsd again, which costs us far more
 //!   than on real hardware. Container rootfs are only written from the
 //!   guest, so close-to-open consistency is enough.
+//! * Extended attributes: `--xattr` with [`XATTR_MAP`], so file
+//!   capabilities (`security.capability`, e.g. Debian's `ping`), POSIX ACLs
+//!   and `user.*` attributes work in containers as under runc; every other
+//!   name (`trusted.*`, `security.selinux`, IMA/EVM) is refused to the guest
+//!   and hidden from it. What this means for the host: docs/security.md.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// virtiofsd's `--xattrmap`: the extended attributes the guest may see and
+/// set, passed through unchanged; all others are refused.
+pub const XATTR_MAP: &str = ":ok:all:user.:: :ok:all:security.capability:: :ok:all:system.posix_acl_access:: \
+                             :ok:all:system.posix_acl_default:: :bad:all:::";
 
 /// What virtiofsd shares and how.
 #[derive(Clone, Debug)]
@@ -73,6 +83,8 @@ pub fn start(
         .arg(format!("--shared-dir={}", fs.dir.display()))
         .arg(format!("--cache={}", fs.cache))
         .arg("--sandbox=namespace")
+        .arg("--xattr")
+        .arg(format!("--xattrmap={XATTR_MAP}"))
         .args(&fs.extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
