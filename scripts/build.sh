@@ -35,3 +35,5 @@ done
 
 say "building the busybox test image (cached)"
 "$ROOT/scripts/make-busybox-image.sh" "$KATA_LIKE_CACHE/images/busybox.tar" >/dev/null
+say "building the real-workload test image (cached; debootstrap, minutes the first time)"
+"$ROOT/scripts/make-workload-image.sh" "$KATA_LIKE_CACHE/images/workloads.tar" >/dev/null

@@ -16,7 +16,8 @@ need_root "scripts/install-deps.sh"
 
 packages=(build-essential flex bison bc libelf-dev libssl-dev linux-source-6.1 busybox-static qemu-system-x86 cpio
           containerd runc libseccomp-dev libcap-ng-dev pkg-config iproute2
-          containernetworking-plugins protobuf-compiler iptables)
+          containernetworking-plugins protobuf-compiler iptables
+          debootstrap)  # debootstrap: the real-workload test image
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

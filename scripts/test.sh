@@ -91,6 +91,9 @@ suite "Kubernetes pods through containerd's CRI plugin with CNI (one microVM per
 suite "Kubernetes behaviours side by side with runc (CRI, one pod per handler)" \
     cargo test --release -p kata-like-tests --test cri_conformance -- --ignored --test-threads=1
 
+suite "real server images (nginx, redis, postgresql, python3, iptables) under runc and kata-like" \
+    cargo test --release -p kata-like-tests --test workloads -- --ignored --test-threads=1 --nocapture
+
 # 50 SIGKILLs each of shim, VMM, virtiofsd and agent at random points, two
 # container lives at a time, then a guest panic, a console flood and an OOM;
 # nothing may be left behind (docs/security.md).

@@ -262,6 +262,12 @@ fn configure_interface(nl: &mut Netlink, links: &[RouteNetlinkMessage], iface: &
         message.header.index = index;
         message.attributes.push(AddressAttribute::Local(addr));
         message.attributes.push(AddressAttribute::Address(addr));
+        if addr.is_ipv6() {
+            // The pod's address is already its own (CNI checked it): no
+            // duplicate address detection, which would keep it unusable
+            // ("tentative") for a second or more.
+            message.attributes.push(AddressAttribute::Flags(netlink_packet_route::address::AddressFlags::Nodad));
+        }
         nl.change(
             &format!("adding {addr}/{prefix} to {name}"),
             RouteNetlinkMessage::NewAddress(message),

@@ -224,6 +224,22 @@ impl Cri {
         Ok(Cri { rt, runtime: RuntimeServiceClient::new(channel), containerd, cgroups, network, logs })
     }
 
+    /// For VM test `test`: a started CRI containerd, or `None` when the
+    /// test is skipped (the reason reported).
+    pub fn for_test(test: &str) -> Option<Cri> {
+        crate::vm_test(test)?;
+        if let Some(reason) = unavailable() {
+            crate::skip(test, &reason);
+            return None;
+        }
+        Some(Cri::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+    }
+
+    /// What failure messages carry: containerd's log tail.
+    pub fn context(&self) -> String {
+        format!("\n--- containerd log (tail) ---\n{}", self.containerd.log_tail())
+    }
+
     /// Runs a RuntimeService call.
     pub fn call<T, F>(&self, f: impl FnOnce(RuntimeServiceClient<Channel>) -> F) -> Result<T, tonic::Status>
     where
@@ -332,8 +348,18 @@ impl Cri {
 
     /// ExecSync: exit code, stdout, stderr.
     pub fn exec_sync(&self, id: &str, cmd: &[&str]) -> Result<(i32, String, String), tonic::Status> {
+        self.exec_sync_within(id, cmd, 240)
+    }
+
+    /// [`Cri::exec_sync`] with a deadline of `timeout` seconds.
+    pub fn exec_sync_within(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<(i32, String, String), tonic::Status> {
         let req =
-            ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|a| a.to_string()).collect(), timeout: 240 };
+            ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|a| a.to_string()).collect(), timeout };
         let r = self.call(|mut c| async move { c.exec_sync(req).await })?;
         Ok((
             r.exit_code,
@@ -410,5 +436,79 @@ impl Cri {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("cni-"))
             .collect()
+    }
+}
+
+/// Pods a test made, removed when dropped (best effort), so a failing test
+/// still stops its runc pods, whose processes would otherwise outlive the
+/// test's containerd.
+#[derive(Debug)]
+pub struct Pods<'a> {
+    cri: &'a Cri,
+    ids: Vec<String>,
+}
+
+impl<'a> Pods<'a> {
+    /// None yet.
+    pub fn new(cri: &'a Cri) -> Pods<'a> {
+        Pods { cri, ids: Vec::new() }
+    }
+
+    /// Tracks pod `id`.
+    pub fn push(&mut self, id: String) {
+        self.ids.push(id);
+    }
+
+    /// StopPodSandbox + RemovePodSandbox of every pod, the first error
+    /// returned (the rest are still removed).
+    pub fn remove_all(&mut self) -> Result<(), tonic::Status> {
+        let mut first = Ok(());
+        for id in std::mem::take(&mut self.ids) {
+            if let Err(e) = self.cri.remove_pod(&id) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Pods<'_> {
+    fn drop(&mut self) {
+        let _ = self.remove_all();
+    }
+}
+
+/// A tmpfs mounted on the host (made shared with `shared`), unmounted on
+/// drop.
+#[derive(Debug)]
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// A tmpfs of `size` (mount(8)'s `size=`) at `dir`, created.
+    pub fn new(dir: PathBuf, size: &str, shared: bool) -> Tmpfs {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mount = |args: &[&str]| {
+            let out = std::process::Command::new("mount").args(args).arg(&dir).output().expect("mount");
+            assert!(out.status.success(), "mount {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        mount(&["-t", "tmpfs", "-o", &format!("size={size},mode=1777"), "kl"]);
+        if shared {
+            mount(&["--make-shared"]);
+        }
+        Tmpfs(dir)
+    }
+
+    /// A memory-backed emptyDir as kubelet makes it: a tmpfs at
+    /// `root/volumes/kubernetes.io~empty-dir/<name>`.
+    pub fn empty_dir(root: &Path, name: &str, size: &str) -> Tmpfs {
+        Tmpfs::new(root.join("volumes/kubernetes.io~empty-dir").join(name), size, false)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }

@@ -3,7 +3,6 @@
 //! microVMs); scripts/test.sh runs them.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::Duration;
 
 use k8s_cri::v1::{
@@ -11,21 +10,15 @@ use k8s_cri::v1::{
     PortForwardRequest, UpdateContainerResourcesRequest,
 };
 use test_infra::containerd::{BAD_CONFIG_HANDLER, COLD_HANDLER};
-use test_infra::cri::Cri;
+use test_infra::cri::{Cri, Tmpfs};
 use test_infra::cri_stream::Session;
 
 fn setup(test: &str) -> Option<Cri> {
-    test_infra::vm_test(test)?;
-    if let Some(reason) = test_infra::cri::unavailable() {
-        test_infra::skip(test, &reason);
-        return None;
-    }
-    Some(Cri::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+    Cri::for_test(test)
 }
 
-/// What the failure messages carry: containerd's log tail.
 fn ctx(cri: &Cri) -> String {
-    format!("\n--- containerd log (tail) ---\n{}", cri.containerd.log_tail())
+    cri.context()
 }
 
 /// An HTTP GET from the host; the body.
@@ -52,30 +45,6 @@ fn netns_nat_rules(error: &str) -> String {
     test_infra::ip(&["netns", "exec", name, "iptables", "-t", "nat", "-S"]).unwrap_or_else(|e| e)
 }
 
-/// A memory-backed emptyDir as kubelet makes it: a tmpfs at
-/// `…/volumes/kubernetes.io~empty-dir/<name>`.
-struct EmptyDir(std::path::PathBuf);
-
-impl EmptyDir {
-    fn new(root: &Path, name: &str) -> EmptyDir {
-        let dir = root.join("volumes/kubernetes.io~empty-dir").join(name);
-        std::fs::create_dir_all(&dir).expect("mkdir emptyDir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(&dir)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-        EmptyDir(dir)
-    }
-}
-
-impl Drop for EmptyDir {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 #[ignore = "boots microVMs through containerd's CRI plugin"]
 fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_oom() {
@@ -88,7 +57,7 @@ fn pods_run_their_containers_in_one_vm_each_with_network_volumes_logs_stats_and_
     std::fs::create_dir(&data).expect("mkdir");
     let config_file = host.path().join("app.conf");
     std::fs::write(&config_file, "setting=1\n").expect("write");
-    let empty_dir = EmptyDir::new(host.path(), "cache");
+    let empty_dir = Tmpfs::empty_dir(host.path(), "cache", "16m");
 
     let pod_a = cri.pod_config("kl-pod-a");
     let a = cri.run_pod(&pod_a).unwrap_or_else(|e| panic!("RunPodSandbox: {e}{}", ctx(&cri)));

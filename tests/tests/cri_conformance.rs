@@ -7,22 +7,17 @@
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use test_infra::cri::Cri;
+use test_infra::cri::{Cri, Pods, Tmpfs};
 
 /// The handlers every behaviour runs under: the baseline first.
 const HANDLERS: [&str; 2] = ["runc", test_infra::cri::HANDLER];
 
 fn setup(test: &str) -> Option<Cri> {
-    test_infra::vm_test(test)?;
-    if let Some(reason) = test_infra::cri::unavailable() {
-        test_infra::skip(test, &reason);
-        return None;
-    }
-    Some(Cri::start().unwrap_or_else(|e| panic!("{test}: {e}")))
+    Cri::for_test(test)
 }
 
 fn ctx(cri: &Cri) -> String {
-    format!("\n--- containerd log (tail) ---\n{}", cri.containerd.log_tail())
+    cri.context()
 }
 
 /// A pod of `handler` named `<name>-<handler>`: its id and config.
@@ -38,10 +33,8 @@ fn start(cri: &Cri, pod: &(String, PodSandboxConfig), config: ContainerConfig) -
     cri.start_container(&pod.0, &pod.1, config).unwrap_or_else(|e| panic!("start {name}: {e}{}", ctx(cri)))
 }
 
-fn finish(cri: &Cri, pods: Vec<String>) {
-    for id in pods {
-        cri.remove_pod(&id).unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(cri)));
-    }
+fn finish(cri: &Cri, mut pods: Pods) {
+    pods.remove_all().unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx(cri)));
     let left = cri.containerd.wait_clean(Duration::from_secs(60));
     assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx(cri));
 }
@@ -55,9 +48,10 @@ fn sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succe
     let Some(cri) = setup("sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succeeds") else {
         return;
     };
-    let mut pods = Vec::new();
+    let mut pods = Pods::new(&cri);
     for handler in HANDLERS {
         let p = pod(&cri, "kl-term", handler, |_| {});
+        pods.push(p.0.clone());
         let term = Cri::container_config("term", &["sh", "-c", "trap 'exit 143' TERM; sleep 600 & wait"]);
         let id = start(&cri, &p, term);
         let t = Instant::now();
@@ -75,7 +69,6 @@ fn sigterm_right_after_start_is_delivered_and_stopping_a_stopped_container_succe
         let t = Instant::now();
         cri.stop_container(&quick, 60).unwrap_or_else(|e| panic!("{handler}: stop of an exited container: {e}"));
         eprintln!("{handler}: stop of an exited container {:?}", t.elapsed());
-        pods.push(p.0);
     }
     finish(&cri, pods);
 }
@@ -126,32 +119,6 @@ int main(int argc, char **argv) {
     Ok(bin)
 }
 
-/// A tmpfs mounted at `dir` (made shared with `shared`), unmounted on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn new(dir: std::path::PathBuf, shared: bool) -> Tmpfs {
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8m", "kl"])
-            .arg(&dir)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
-        if shared {
-            let out = std::process::Command::new("mount").arg("--make-shared").arg(&dir).output().expect("mount");
-            assert!(out.status.success(), "make-shared: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 fn as_user(config: &mut ContainerConfig, uid: i64) {
     let sc = config.linux.get_or_insert_with(Default::default).security_context.get_or_insert_with(Default::default);
     sc.run_as_user = Some(k8s_cri::v1::Int64Value { value: uid });
@@ -175,16 +142,16 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
     let probe = probe(host.path());
     // A read-only volume whose source has a writable tmpfs below it.
     let ro_vol = host.path().join("ro-vol");
-    let _ro_sub = Tmpfs::new(ro_vol.join("scratch"), false);
+    let _ro_sub = Tmpfs::new(ro_vol.join("scratch"), "8m", false);
     // A bidirectional mount needs a shared host mount.
-    let bidir = Tmpfs::new(host.path().join("bidir"), true);
+    let bidir = Tmpfs::new(host.path().join("bidir"), "8m", true);
     let local_profile = host.path().join("no-mkdir.json");
     std::fs::write(
         &local_profile,
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
     )
     .expect("write the profile");
-    let mut pods = Vec::new();
+    let mut pods = Pods::new(&cri);
     let mut answers = Vec::new();
     for handler in HANDLERS {
         let _ = std::fs::remove_file(bidir.0.join("f"));
@@ -194,6 +161,7 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
             linux.sysctls.insert("fs.mqueue.msg_max".into(), "64".into());
             share_pids(&mut linux.security_context.get_or_insert_with(Default::default).namespace_options);
         });
+        pods.push(p.0.clone());
         let mut first = Cri::container_config("first", &["sleep", "601"]);
         share_pids(
             &mut first
@@ -252,10 +220,10 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
         }
         // File capabilities on the rootfs (virtio-fs xattrs): set as root,
         // effective for an unprivileged user.
-        if probe.is_ok() {
+        if let Ok(bin) = &probe {
             let caps = start(&cri, &p, {
                 let mut c = Cri::container_config("filecaps", &["sleep", "600"]);
-                c.mounts.push(Cri::mount(probe.as_ref().expect("probe").parent().expect("dir"), "/probe", false));
+                c.mounts.push(Cri::mount(bin.parent().expect("dir"), "/probe", false));
                 c
             });
             let (code, out, err) = cri
@@ -299,7 +267,6 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
         got.push(("bidirectional mount seen on the host", on_host.trim().to_string()));
         eprintln!("{handler}: {got:#?}");
         answers.push((handler, got));
-        pods.push(p.0);
     }
     let (runc, ours) = (&answers[0].1, &answers[1].1);
     // The baseline is what we expect, so a broken host shows as such.
@@ -319,9 +286,10 @@ fn pod_sysctls_shared_pids_setuid_mounts_and_devices_behave_as_under_runc() {
 #[ignore = "boots a microVM through containerd's CRI plugin"]
 fn exec_sync_deadline_ends_the_call_and_the_process() {
     let Some(cri) = setup("exec_sync_deadline_ends_the_call_and_the_process") else { return };
-    let mut pods = Vec::new();
+    let mut pods = Pods::new(&cri);
     for handler in HANDLERS {
         let p = pod(&cri, "kl-deadline", handler, |_| {});
+        pods.push(p.0.clone());
         let id = start(&cri, &p, Cri::container_config("app", &["sleep", "600"]));
         // Warm: the first exec in a fresh VM pays for paging in.
         cri.exec_sync(&id, &["true"]).unwrap_or_else(|e| panic!("{handler}: {e}"));
@@ -343,7 +311,6 @@ fn exec_sync_deadline_ends_the_call_and_the_process() {
             .unwrap_or_else(|e| panic!("{handler}: {e}"));
         assert!(!left.lines().any(|l| l.trim() == "sleep 77"), "{handler}: the timed-out process is left: {left}");
         eprintln!("{handler}: ExecSync with a 1 s deadline returned after {took:?}: {}", err.message());
-        pods.push(p.0);
     }
     finish(&cri, pods);
 }

@@ -123,6 +123,10 @@ fn kata_like_run(art: &Artifacts, probe: &Path, dir: &Path) -> (Run, String) {
         .arg("--vsock-uds")
         .arg(&uds)
         .args(["--serial", "stdout"])
+        // The LD_PRELOAD probe opens its output file from the vCPU thread,
+        // which the default filter (trap) forbids; `log` keeps the same
+        // filters in place and lets the probe's calls through.
+        .args(["--seccomp", "log"])
         .env("LD_PRELOAD", probe)
         .env("KVM_RUN_PROBE_OUT", &probe_out)
         .stdout(Stdio::piped())
