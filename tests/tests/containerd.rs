@@ -405,3 +405,33 @@ fn a_shim_containerd_gives_up_on_ends_with_its_vm() {
     ok(&c, &["container", "delete", id]);
     assert_clean(&c);
 }
+
+/// `ctr run --privileged` (issue 20): every capability, no seccomp, and a
+/// kernel that can do what privileged containers do (a bridge), as under
+/// runc. Host devices cannot exist in the guest: the container gets the
+/// guest's (docs/kubernetes.md).
+#[test]
+#[ignore = "boots a microVM through containerd"]
+fn privileged_containers_get_every_capability_and_the_guest_kernels_features() {
+    let Some(c) = setup("privileged_containers_get_every_capability_and_the_guest_kernels_features") else { return };
+    let script = "grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -s '\\t ' ' '; \
+                  ip link add kl0 type bridge && echo bridge-ok; \
+                  ip -6 addr show lo | grep -o '::1/128'";
+    let mut answers = Vec::new();
+    for (runtime, id) in [("io.containerd.runc.v2", "priv-runc"), (RUNTIME, "priv-kata")] {
+        let out =
+            c.ctr(&["run", "--rm", "--privileged", "--runtime", runtime, IMAGE, id, "sh", "-c", script]).expect("ctr");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{runtime}: {stdout}{}\n{}", String::from_utf8_lossy(&out.stderr), c.log_tail());
+        answers.push(stdout);
+    }
+    assert!(answers[0].contains("bridge-ok") && answers[0].contains("Seccomp: 0"), "runc baseline: {}", answers[0]);
+    let caps = |s: &str| s.lines().find(|l| l.starts_with("CapEff")).map(str::to_string);
+    // containerd's "all capabilities", as runc's container gets them.
+    let ours = caps(&answers[1]).expect("CapEff");
+    assert_eq!(Some(&ours), caps(&answers[0]).as_ref(), "the capabilities runc's privileged container has");
+    assert!(answers[1].contains("Seccomp: 0"), "{}", answers[1]);
+    assert!(answers[1].contains("bridge-ok"), "a privileged container makes a bridge: {}", answers[1]);
+    assert!(answers[1].contains("::1/128"), "IPv6 loopback: {}", answers[1]);
+    assert_clean(&c);
+}
