@@ -39,11 +39,16 @@ impl ContainerSpec {
 
     /// Parses `config.json` bytes; errors start with `config.json`.
     pub fn parse(raw: &[u8]) -> Result<ContainerSpec, String> {
+        // A pod sharing the host's namespaces is refused by its Kubernetes
+        // option before anything else (its spec fails other checks too,
+        // e.g. a hostname without a UTS namespace for hostNetwork).
+        if let Ok(raw_spec) = serde_json::from_slice::<Value>(raw) {
+            if pod::kind(&raw_spec) == pod::Kind::Sandbox {
+                pod::refuse_host_namespaces(&raw_spec)?;
+            }
+        }
         let (mut spec, root_path) = guest_spec(raw)?;
         let kind = pod::kind(&spec);
-        if kind == pod::Kind::Sandbox {
-            pod::refuse_host_namespaces(&spec)?;
-        }
         let netns = pod::network_namespace(&spec);
         pod::adapt_namespaces(&mut spec).map_err(|e| format!("config.json: {e}"))?;
         let terminal = spec.pointer("/process/terminal").and_then(Value::as_bool).unwrap_or(false);
