@@ -22,6 +22,21 @@ pub fn unescape(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Mount points at or below `dir` in /proc/self/mountinfo (in its order,
+/// a mount point listed again for each mount stacked on it), each with
+/// whether that mount is read-only.
+pub fn mounts_at_or_below(dir: &std::path::Path) -> Vec<(std::path::PathBuf, bool)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(4);
+            let point = std::path::PathBuf::from(unescape(fields.next()?));
+            let ro = fields.next()?.split(',').any(|o| o == "ro");
+            point.starts_with(dir).then_some((point, ro))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,13 +17,8 @@ pub fn make_shared_dir(dir: &Path) -> Result<(), String> {
 
 /// Mount points at or below `dir`, deepest first.
 fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    let mut targets: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(crate::mountinfo::unescape))
-        .filter(|t| t == &prefix || t.starts_with(&format!("{prefix}/")))
-        .collect();
+    let mut targets: Vec<String> =
+        crate::mountinfo::mounts_at_or_below(dir).into_iter().map(|(point, _)| point.display().to_string()).collect();
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     targets
 }

@@ -39,14 +39,6 @@ impl ContainerSpec {
 
     /// Parses `config.json` bytes; errors start with `config.json`.
     pub fn parse(raw: &[u8]) -> Result<ContainerSpec, String> {
-        // A pod sharing the host's namespaces is refused by its Kubernetes
-        // option before anything else (its spec fails other checks too,
-        // e.g. a hostname without a UTS namespace for hostNetwork).
-        if let Ok(raw_spec) = serde_json::from_slice::<Value>(raw) {
-            if pod::kind(&raw_spec) == pod::Kind::Sandbox {
-                pod::refuse_host_namespaces(&raw_spec)?;
-            }
-        }
         let (mut spec, root_path) = guest_spec(raw)?;
         let kind = pod::kind(&spec);
         let netns = pod::network_namespace(&spec);
@@ -102,6 +94,12 @@ fn guest_spec(raw: &[u8]) -> Result<(serde_json::Value, String), String> {
     let mut spec: serde_json::Value = serde_json::from_slice(raw).map_err(|e| format!("config.json: {e}"))?;
     if !spec.is_object() {
         return Err("config.json: not a JSON object".into());
+    }
+    // A pod sharing the host's namespaces is refused by its Kubernetes
+    // option before anything else (its spec fails other checks too, e.g. a
+    // hostname without a UTS namespace for hostNetwork).
+    if pod::kind(&spec) == pod::Kind::Sandbox {
+        pod::refuse_host_namespaces(&spec)?;
     }
     let root = spec.pointer("/root/path").and_then(|v| v.as_str()).unwrap_or("rootfs").to_string();
     let mounts_cgroups = spec.get("mounts").and_then(|m| m.as_array()).is_some_and(|m| {

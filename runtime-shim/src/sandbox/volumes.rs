@@ -110,16 +110,8 @@ fn bind_into(source: &Path, target: &Path, recursive: bool, ro: bool) -> Result<
 /// The mounts below `source` on the host (not `source` itself), shallow
 /// first, each with whether it is read-only.
 fn submounts(source: &Path) -> Vec<(PathBuf, bool)> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<(PathBuf, bool)> = info
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let point = PathBuf::from(crate::mountinfo::unescape(fields.get(4)?));
-            let ro = fields.get(5)?.split(',').any(|o| o == "ro");
-            (point != source && point.starts_with(source)).then_some((point, ro))
-        })
-        .collect();
+    let mut found = crate::mountinfo::mounts_at_or_below(source);
+    found.retain(|(point, _)| point != source);
     found.sort_by_key(|(p, _)| p.components().count());
     found.dedup_by(|a, b| a.0 == b.0);
     found
