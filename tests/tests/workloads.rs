@@ -20,10 +20,10 @@ const HANDLERS: [&str; 2] = ["runc", test_infra::cri::HANDLER];
 const CHECKS: [&str; 5] = ["nginx", "redis", "python", "iptables", "postgres"];
 
 /// The checks to run: `KATA_LIKE_WORKLOADS` (comma-separated names, or
-/// `all`, the default). scripts/test.sh runs a subset in CI: each check
-/// costs a minute or more of emulated guest kernel work here (every
-/// dynamically linked process start pages its libraries in over virtio-fs;
-/// docs/benchmarks.md).
+/// `all`, the default). scripts/test.sh leaves postgres out in CI: its
+/// initdb starts dozens of processes, each half a second or more of
+/// emulated guest kernel work here, about 6 minutes in all
+/// (docs/benchmarks.md).
 fn selected() -> Vec<&'static str> {
     let wanted = std::env::var("KATA_LIKE_WORKLOADS").unwrap_or_default();
     if wanted.is_empty() || wanted == "all" {

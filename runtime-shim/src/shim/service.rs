@@ -336,11 +336,13 @@ impl Service {
                     (Exit::now(VM_GONE_STATUS), false)
                 }
             };
+            log::info!("phase exited {id} {exec_id} {}", exit.status);
             let io = proc.io.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
             if let Some(mut io) = io {
                 io.wait_output(OUTPUT_GRACE).await;
                 io.close_stdin();
             }
+            log::info!("phase output-drained {id} {exec_id}");
             if oom && exec_id.is_empty() {
                 let mut ev = TaskOOM::new();
                 ev.container_id = id.clone();
@@ -441,6 +443,7 @@ impl Task for Service {
         if req.exec_id.is_empty() && self.is_virtual(&req.id) {
             return self.start_virtual(&req.id).await;
         }
+        log::info!("phase start-request {} {}", req.id, req.exec_id);
         let (id, exec_id, sb, p) = (req.id.clone(), req.exec_id.clone(), sandbox.clone(), proc.clone());
         let pid = blocking(move || -> Result<u32, CoreError> {
             if exec_id.is_empty() {
@@ -462,9 +465,7 @@ impl Task for Service {
             proc.pid = pid;
             self.watch_exit(sandbox, req.id.clone(), req.exec_id.clone(), proc);
         }
-        if req.exec_id.is_empty() {
-            log::info!("phase running {}", req.id);
-        }
+        log::info!("phase running {} {}", req.id, req.exec_id);
         if req.exec_id.is_empty() {
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
@@ -627,7 +628,10 @@ impl Task for Service {
             self.finish(&req.id, "", Exit::now(status)).await;
             return Ok(api::Empty::new());
         }
+        log::info!("phase kill-request {} {} {}", req.id, req.exec_id, req.signal);
+        let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         self.agent_call(move |c| c.signal_process(&req.id, &req.exec_id, req.signal, req.all)).await?;
+        log::info!("phase killed {id} {exec_id}");
         Ok(api::Empty::new())
     }
 

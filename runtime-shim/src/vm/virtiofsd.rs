@@ -9,7 +9,11 @@
 //!   trade-off Kata also makes; `never` would send every read through the
 //!   emulated guest kernel and virtiofsd again, which costs us far more
 //!   than on real hardware. Container rootfs are only written from the
-//!   guest, so close-to-open consistency is enough.
+//!   guest, so close-to-open consistency is enough. virtiofsd's `auto`
+//!   leaves out `FOPEN_KEEP_CACHE`, which made the guest drop a file's
+//!   page cache at every open (every exec re-read its binary and
+//!   libraries); our guest kernel keeps it when the attributes fetched at
+//!   open show the file unchanged (guest-kernel patch 0008).
 //! * Extended attributes: `--xattr` with [`XATTR_MAP`], so file
 //!   capabilities (`security.capability`, e.g. Debian's `ping`), POSIX ACLs
 //!   and `user.*` attributes work in containers as under runc; every other
