@@ -22,8 +22,7 @@ ctr -n $ns image import "$tar" >/dev/null
 
 work=$(mktemp -d /tmp/kl-bench-exec-XXXXXX)
 cleanup() {
-    ctr -n $ns task rm -f kl-bench-exec >/dev/null 2>&1 || true
-    ctr -n $ns container rm kl-bench-exec >/dev/null 2>&1 || true
+    cleanup_task
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,7 +52,9 @@ measure() {
 }
 cleanup_task() {
     ctr -n $ns task kill -s KILL kl-bench-exec >/dev/null 2>&1 || true
-    for _ in $(seq 100); do ctr -n $ns task ls -q | grep -qx kl-bench-exec || break
+    # grep reads all of ctr's output (no -q): under pipefail an early exit
+    # could fail ctr with SIGPIPE and end the wait while the task is there.
+    for _ in $(seq 100); do ctr -n $ns task ls -q | grep -x kl-bench-exec >/dev/null || break
         ctr -n $ns task rm kl-bench-exec >/dev/null 2>&1 || sleep 0.2; done
     ctr -n $ns container rm kl-bench-exec >/dev/null 2>&1 || true
 }

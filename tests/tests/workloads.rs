@@ -44,24 +44,16 @@ fn image_tar() -> std::path::PathBuf {
 #[ignore = "boots a microVM through containerd's CRI plugin"]
 fn debian_server_images_behave_as_under_runc() {
     let test = "debian_server_images_behave_as_under_runc";
-    if test_infra::vm_test(test).is_none() {
-        return;
-    }
-    if let Some(reason) = test_infra::cri::unavailable() {
-        test_infra::skip(test, &reason);
-        return;
-    }
+    let Some(cri) = Cri::for_test(test) else { return };
     let tar = image_tar();
     if !tar.exists() {
         // scripts/build.sh builds it; a bare `cargo test` may not have.
         test_infra::skip(test, &format!("{} is missing (scripts/build.sh builds it)", tar.display()));
         return;
     }
-    let cri = Cri::start().unwrap_or_else(|e| panic!("{test}: {e}"));
     let tar = tar.display().to_string();
     let import = cri.containerd.ctr(&["-n", CRI_NAMESPACE, "image", "import", &tar]).expect("ctr");
     assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
-    let ctx = || format!("\n--- containerd log (tail) ---\n{}", cri.containerd.log_tail());
 
     // PGDATA on a memory-backed emptyDir (a tmpfs kubelet mounted; a tmpfs
     // in the guest for kata-like), as CI databases often run: on the
@@ -73,7 +65,7 @@ fn debian_server_images_behave_as_under_runc() {
     let mut pods = Pods::new(&cri);
     for handler in HANDLERS {
         let pod = cri.pod_config(&format!("kl-workloads-{handler}"));
-        let id = cri.run_pod_with(&pod, handler).unwrap_or_else(|e| panic!("{handler}: {e}{}", ctx()));
+        let id = cri.run_pod_with(&pod, handler).unwrap_or_else(|e| panic!("{handler}: {e}{}", cri.context()));
         pods.push(id.clone());
         let mut config = Cri::container_config("servers", &["sleep", "infinity"]);
         config.image = Some(ImageSpec { image: IMAGE.into(), ..Default::default() });
@@ -83,13 +75,14 @@ fn debian_server_images_behave_as_under_runc() {
         sc.capabilities =
             Some(Capability { add_capabilities: vec!["NET_ADMIN".into(), "NET_RAW".into()], ..Default::default() });
         config.mounts = vec![Cri::mount(&pgdata.0, "/pgdata", false)];
-        let container = cri.start_container(&id, &pod, config).unwrap_or_else(|e| panic!("{handler}: {e}{}", ctx()));
+        let container =
+            cri.start_container(&id, &pod, config).unwrap_or_else(|e| panic!("{handler}: {e}{}", cri.context()));
         let mut lines = Vec::new();
         for check in selected() {
             let t = Instant::now();
             let (code, out, err) = cri
                 .exec_sync_within(&container, &["/usr/local/bin/check.sh", check], 1200)
-                .unwrap_or_else(|e| panic!("{handler}: {check}: {e}{}", ctx()));
+                .unwrap_or_else(|e| panic!("{handler}: {check}: {e}{}", cri.context()));
             eprintln!("{handler}: {check} ({:.1?}): {}{}", t.elapsed(), out.trim(), err.trim());
             lines.push(format!("{code} {}{}", out.trim(), err.trim()));
         }
@@ -109,8 +102,8 @@ fn debian_server_images_behave_as_under_runc() {
     .map(|(_, line)| line)
     .collect();
     assert_eq!(runc, &expected, "runc baseline");
-    assert_eq!(ours, &expected, "kata-like{}", ctx());
-    pods.remove_all().unwrap_or_else(|e| panic!("remove pod: {e}{}", ctx()));
+    assert_eq!(ours, &expected, "kata-like{}", cri.context());
+    pods.remove_all().unwrap_or_else(|e| panic!("remove pod: {e}{}", cri.context()));
     let left = cri.containerd.wait_clean(Duration::from_secs(60));
-    assert!(left.is_empty(), "leftovers: {left:#?}{}", ctx());
+    assert!(left.is_empty(), "leftovers: {left:#?}{}", cri.context());
 }
