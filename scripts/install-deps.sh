@@ -10,6 +10,8 @@
 #                 containernetworking-plugins (bridge, host-local, loopback: CNI for the CRI tests),
 #                 iptables (the shim's port-forward redirect in a pod's network namespace)
 #   CRI tests:    protobuf-compiler (the k8s-cri crate generates its client with protoc)
+#   Docker/podman: docker.io podman (the clients of the runc-compatible CLI, tested
+#                 against the real ones), netavark aardvark-dns (podman's networks)
 # and virtiofsd itself from crates.io, cached outside the repository by version.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_root "scripts/install-deps.sh"
@@ -17,7 +19,8 @@ need_root "scripts/install-deps.sh"
 packages=(build-essential flex bison bc libelf-dev libssl-dev linux-source-6.1 busybox-static qemu-system-x86 cpio
           containerd runc libseccomp-dev libcap-ng-dev pkg-config iproute2
           containernetworking-plugins protobuf-compiler iptables
-          debootstrap)  # debootstrap: the real-workload test image
+          debootstrap   # debootstrap: the real-workload test image
+          docker.io podman netavark aardvark-dns)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -29,3 +29,13 @@ ctr -a "$socket" -n "$ns" image import "$KATA_LIKE_CACHE/images/busybox.tar" >/d
 say "main job: ctr run a container in a kata-like microVM (about a minute on nested KVM)"
 ctr -a "$socket" -n "$ns" run --rm --runtime io.containerd.kata-like.v2 "$image" "kata-like-demo-$$" \
     sh -c 'echo "hello from a container in a kata-like microVM"; echo "guest kernel: $(uname -r)"; id'
+
+# Docker and podman drive kata-like through runc's command line.
+cli=/usr/local/bin/kata-like
+say "to run Docker and podman containers in microVMs (docs/docker-podman.md):"
+cat <<EOF
+  Docker: add to /etc/docker/daemon.json, restart dockerd, then docker run --runtime kata-like IMAGE ...
+      {"runtimes": {"kata-like": {"path": "$cli"}}}
+  podman: podman --runtime $cli run IMAGE ...
+      (on this machine kind, podman needs a containers.conf with default_ulimits = [], see the doc)
+EOF

@@ -51,11 +51,14 @@ suite "hostile agent requests against a real agent: refused, nothing changed" \
 suite "control-path integrity: agent messages of every size arrive byte for byte" \
     cargo test --release -p kata-like-tests --test rpc_integrity -- --ignored --test-threads=1
 
-suite "standalone containers: kata-like run/state/kill/delete" \
+suite "runc-compatible CLI: run, and create/start/state/kill/delete with hooks" \
     cargo test --release -p kata-like-tests --test standalone -- --ignored --test-threads=1
 
 # One test at a time: each boots microVMs through a private containerd, and
 # the concurrent-runs test already loads both cores.
+suite "Docker and podman through the runc-compatible CLI (private dockerd, own podman storage)" \
+    cargo test --release -p kata-like-tests --test docker_podman -- --ignored --test-threads=1 --nocapture
+
 suite "containerd shim v2 through a private containerd and ctr" \
     cargo test --release -p kata-like-tests --test containerd -- --ignored --test-threads=1
 

@@ -14,19 +14,33 @@ pub const OCI_VERSION_MAX: &str = "1.1.0";
 /// must be bind mounts (shared over virtio-fs).
 pub const MOUNT_TYPES: &[&str] = &["bind", "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"];
 
+/// Which front end answers: the runc-compatible CLI runs the spec's hooks
+/// (on the host); the containerd shim does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    /// `containerd-shim-kata-like-v2 -info`.
+    Shim,
+    /// `kata-like features`.
+    Cli,
+}
+
 /// The features document.
-pub fn features() -> Value {
+pub fn features(frontend: Frontend) -> Value {
+    let hooks: &[&str] = match frontend {
+        Frontend::Shim => &[],
+        Frontend::Cli => &["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+    };
     json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION_MAX,
-        "hooks": [],
+        "hooks": hooks,
         "mountOptions": [
             "bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec", "relatime", "strictatime",
             "private", "rprivate", "shared", "rshared", "slave", "rslave", "mode", "size"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
-            "cgroup": { "v1": false, "v2": true, "systemd": false, "systemdUser": false },
+            "cgroup": { "v1": false, "v2": true, "systemd": true, "systemdUser": false },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false }
         },

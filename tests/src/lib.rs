@@ -19,6 +19,7 @@ pub mod bench;
 pub mod containerd;
 pub mod cri;
 pub mod cri_stream;
+pub mod docker;
 pub mod netns;
 pub mod sandbox;
 

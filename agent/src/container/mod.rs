@@ -21,6 +21,7 @@ pub mod paths;
 pub mod plan;
 pub mod pod_pid;
 pub mod process;
+pub mod pts;
 pub mod seccomp;
 pub mod signal;
 pub mod stdio;
@@ -107,6 +108,8 @@ pub struct Container {
     started: Mutex<Option<std::time::Instant>>,
     /// `linux.seccomp` compiled: every process of the container gets it.
     seccomp: Vec<seccompiler::BpfProgram>,
+    /// Its devpts instance ([`pts`]), if its spec mounts one.
+    pts: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Container {
@@ -190,6 +193,7 @@ impl Containers {
         id: &str,
         exec_id: &str,
         stdio: &Stdio,
+        pts: Option<&Path>,
     ) -> Result<(plan::StdioFds, Option<OwnedFd>), ContainerError> {
         let take = |kind| self.io.take(id, exec_id, kind, ATTACH_TIMEOUT).map_err(Failed);
         let null = || -> Result<OwnedFd, ContainerError> {
@@ -201,9 +205,7 @@ impl Containers {
                 .map_err(|e| Failed(format!("/dev/null: {e}")))
         };
         if stdio.terminal {
-            let pty = nix::pty::openpty(None, None).map_err(|e| Failed(format!("openpty: {e}")))?;
-            let console = nix::unistd::ttyname(&pty.slave).map_err(|e| Failed(format!("ttyname: {e}")))?;
-            let master: OwnedFd = pty.master;
+            let (master, slave, console) = pts::open(pts).map_err(Failed)?;
             let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| Failed(format!("dup: {e}")));
             if stdio.stdout {
                 let out = take(StreamKind::Stdout)?;
@@ -222,7 +224,6 @@ impl Containers {
                     let _ = nix::unistd::write(&eof_master, &[4u8]);
                 });
             }
-            let slave = pty.slave;
             let fds = [dup(&slave)?, dup(&slave)?, slave];
             return Ok((plan::StdioFds { fds, console: Some(console) }, Some(master)));
         }
@@ -270,13 +271,24 @@ impl Containers {
         if lock(&self.map).contains_key(id) {
             return Err(Exists(format!("container {id:?} already exists")));
         }
-        let spec: Spec = kata_like_protocol::checks::oci_spec(spec_json).map_err(Invalid)?;
+        let mut spec: Spec = kata_like_protocol::checks::oci_spec(spec_json).map_err(Invalid)?;
         let rootfs = self.rootfs(rootfs)?;
         let cgroup = Cgroup::create(&self.cgroup_root, id).map_err(Failed)?;
-        let result = self.create_in(id, &spec, rootfs, cgroup.clone(), stdio);
+        let pts = match pts::prepare(id, &mut spec) {
+            Ok(pts) => pts,
+            Err(e) => {
+                let _ = cgroup.remove();
+                self.io.forget(id);
+                return Err(Failed(e));
+            }
+        };
+        let result = self.create_in(id, &spec, rootfs, cgroup.clone(), stdio, pts.clone());
         if result.is_err() {
             let _ = cgroup.remove();
             self.io.forget(id);
+            if let Some(dir) = &pts {
+                pts::release(dir);
+            }
         }
         result
     }
@@ -288,6 +300,7 @@ impl Containers {
         rootfs: PathBuf,
         cgroup: Cgroup,
         stdio: &Stdio,
+        pts: Option<PathBuf>,
     ) -> Result<u32, ContainerError> {
         if let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
             cgroup.apply(resources).map_err(|e| Invalid(format!("linux.resources: {e}")))?;
@@ -298,7 +311,7 @@ impl Containers {
         let procs = open_procs(&cgroup)?;
         let (start_r, start_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Failed(format!("pipe: {e}")))?;
-        let (fds, tty) = self.stdio(id, kata_like_protocol::INIT_EXEC_ID, stdio)?;
+        let (fds, tty) = self.stdio(id, kata_like_protocol::INIT_EXEC_ID, stdio, pts.as_deref())?;
         let seccomp = match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
             Some(profile) => seccomp::compile(profile).map_err(Invalid)?,
             None => Vec::new(),
@@ -328,6 +341,7 @@ impl Containers {
             state: Mutex::new(State::Created),
             started: Mutex::new(None),
             seccomp,
+            pts,
         });
         lock(&self.map).insert(id.to_string(), container);
         tracing::info!(id, pid, "container created");
@@ -373,7 +387,7 @@ impl Containers {
         }
         let process: OciProcess = kata_like_protocol::checks::oci_process(process_json).map_err(Invalid)?;
         let procs = open_procs(&c.cgroup)?;
-        let (fds, tty) = self.stdio(id, exec_id, stdio)?;
+        let (fds, tty) = self.stdio(id, exec_id, stdio, c.pts.as_deref())?;
         let plan = plan::exec_plan(&process, c.init.pid(), &c.rootfs, &fds, procs, &c.seccomp).map_err(Invalid)?;
         let Forked { pid, exit, status, steps } = self.fork(plan, fds)?;
         match read_status(&status) {
@@ -465,6 +479,9 @@ impl Containers {
         let c = self.get(id)?;
         self.oom.unwatch(id);
         c.cgroup.remove().map_err(Failed)?;
+        if let Some(dir) = &c.pts {
+            pts::release(dir);
+        }
         lock(&self.map).remove(id);
         self.io.forget(id);
         tracing::info!(id, "container removed");

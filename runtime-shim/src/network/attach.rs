@@ -52,6 +52,33 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, NetworkError> {
         .map_err(|_| NetworkError::Other(format!("the thread attaching {shown} panicked")))?
 }
 
+/// Whether the network namespace at `netns` has an interface for the guest
+/// (one that is neither loopback nor our tap): Docker's `--network none`
+/// and podman's `--network none` give a namespace with loopback only, and
+/// such a container's VM gets no NIC.
+pub fn has_interface(netns: &Path) -> Result<bool, NetworkError> {
+    let shown = netns.display().to_string();
+    let ns_err = |source| NetworkError::Netns { path: shown.clone(), source };
+    let file = File::open(netns).map_err(ns_err)?;
+    let name = shown.clone();
+    std::thread::Builder::new()
+        .name("netns-look".into())
+        .spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetworkError::Netns { path: name.clone(), source: e.into() })?;
+            // /proc/thread-self/net follows this thread's namespace.
+            let dev = std::fs::read_to_string("/proc/thread-self/net/dev")
+                .map_err(|e| NetworkError::Netns { path: name.clone(), source: e })?;
+            Ok(dev.lines().skip(2).filter_map(|l| l.split(':').next()).any(|n| {
+                let n = n.trim();
+                n != "lo" && n != TAP_NAME
+            }))
+        })
+        .map_err(ns_err)?
+        .join()
+        .map_err(|_| NetworkError::Other(format!("the thread looking into {shown} panicked")))?
+}
+
 /// A tap in a network namespace of its own, for a VM template's NIC slot:
 /// the template guest sees a NIC that leads nowhere, and no host namespace
 /// ever shows the tap. The namespace lives as long as the descriptor.

@@ -28,7 +28,7 @@ pub mod forward;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 
-pub use attach::{attach, detached_tap};
+pub use attach::{attach, detached_tap, has_interface};
 
 #[cfg(test)]
 mod tests {

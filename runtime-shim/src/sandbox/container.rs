@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kata_like_protocol::agent::{CreateContainerRequest, ExecProcessRequest, WaitProcessResponse};
+use kata_like_protocol::agent::{CreateContainerRequest, WaitProcessResponse};
 use kata_like_protocol::INIT_EXEC_ID;
 
 use super::error::CoreError;
@@ -32,14 +32,14 @@ impl Sandbox {
                 pod::merge_pod_sysctls(&mut guest, &self.pod_sysctls);
             }
             let storages = volumes::share_mounts(&mut guest, &self.shared, id).map_err(CoreError::Invalid)?;
-            let io = ProcessIo::connect(&self.uds, id, INIT_EXEC_ID, stdio).map_err(CoreError::Failed)?;
+            let io = ProcessIo::connect(self.link.uds(), id, INIT_EXEC_ID, stdio).map_err(CoreError::Failed)?;
             let mut req = CreateContainerRequest::new();
             req.container_id = id.to_string();
             req.spec_json = serde_json::to_vec(&guest).map_err(CoreError::failed)?;
             req.rootfs = rel;
             req.storages = storages;
             req.stdio = protobuf::MessageField::some(stdio.agent_stdio());
-            let pid = self.client.create_container(&req).map_err(CoreError::Agent)?;
+            let pid = self.link.client().create_container(&req).map_err(CoreError::Agent)?;
             Ok((pid, io))
         })();
         if added.is_err() {
@@ -50,12 +50,10 @@ impl Sandbox {
 
     /// Starts created container `id`; returns its init's guest PID.
     pub fn start_container(&self, id: &str) -> Result<u32, CoreError> {
-        self.client.start_container(id).map_err(CoreError::Agent)
+        self.link.client().start_container(id).map_err(CoreError::Agent)
     }
 
-    /// Starts process `exec_id` in container `id` from the OCI process JSON
-    /// `process`, its stdio connected as `stdio` says; returns its guest
-    /// PID and its I/O.
+    /// Starts process `exec_id` in container `id` ([`super::GuestLink::exec_process`]).
     pub fn exec_process(
         &self,
         id: &str,
@@ -63,27 +61,19 @@ impl Sandbox {
         process: Vec<u8>,
         stdio: &StdioPaths,
     ) -> Result<(u32, ProcessIo), CoreError> {
-        let io = ProcessIo::connect(&self.uds, id, exec_id, stdio).map_err(CoreError::Failed)?;
-        let mut req = ExecProcessRequest::new();
-        req.container_id = id.to_string();
-        req.exec_id = exec_id.to_string();
-        req.process_json = process;
-        req.stdio = protobuf::MessageField::some(stdio.agent_stdio());
-        let pid = self.client.exec_process(&req).map_err(CoreError::Agent)?;
-        Ok((pid, io))
+        self.link.exec_process(id, exec_id, process, stdio)
     }
 
-    /// Waits (on its own connection) until process `exec_id` ("" = init)
-    /// of container `id` exits.
+    /// Waits until process `exec_id` ("" = init) of container `id` exits
+    /// ([`super::GuestLink::wait_process`]).
     pub fn wait_process(&self, id: &str, exec_id: &str) -> Result<WaitProcessResponse, CoreError> {
-        let client = self.long_poll_client()?;
-        client.wait_process(id, exec_id).map_err(CoreError::Agent)
+        self.link.wait_process(id, exec_id)
     }
 
     /// Removes container `id` from the guest (failures are logged: the
     /// host side goes regardless) and unshares its rootfs and volumes.
     pub fn remove_container(&self, id: &str) {
-        if let Err(e) = self.client.remove_container(id) {
+        if let Err(e) = self.link.client().remove_container(id) {
             log::warn!("remove {id} in the guest: {}", e.message());
         }
         rootfs::unshare_container(&self.shared, id);

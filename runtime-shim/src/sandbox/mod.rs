@@ -21,6 +21,7 @@
 pub mod boot_slots;
 pub mod container;
 pub mod error;
+pub mod guest;
 pub mod io;
 pub mod pod;
 pub mod rootfs;
@@ -36,6 +37,7 @@ use kata_like_protocol::agent::{ContainerRequest, SetupSandboxRequest};
 use kata_like_protocol::AgentClient;
 
 pub use self::error::CoreError;
+pub use self::guest::GuestLink;
 pub use self::spec::ContainerSpec;
 pub use self::task::{Exit, Lifecycle, TaskStatus};
 use crate::config::RuntimeConfig;
@@ -48,11 +50,9 @@ pub use crate::vm::SHARED_TAG;
 #[derive(Debug)]
 pub struct Sandbox {
     vm: Mutex<Option<SandboxVm>>,
-    client: AgentClient,
-    uds: PathBuf,
+    link: GuestLink,
     state: PathBuf,
     shared: PathBuf,
-    rpc_timeout: std::time::Duration,
     /// The pod NIC's tap (kept until the sandbox is destroyed).
     network: Mutex<Option<NetDevice>>,
     /// See [`BootOptions::pod_sysctls`].
@@ -215,30 +215,38 @@ impl Sandbox {
         drop(slot);
         Ok(Sandbox {
             vm: Mutex::new(Some(vm)),
-            client,
-            uds,
+            link: GuestLink::new(client, uds, config.rpc_timeout()),
             state,
             shared,
-            rpc_timeout: config.rpc_timeout(),
             network: Mutex::new(network.map(|(device, _)| device)),
             pod_sysctls: opts.pod_sysctls,
         })
     }
 
+    /// The link to the guest agent.
+    pub fn link(&self) -> &GuestLink {
+        &self.link
+    }
+
+    /// The sandbox's state directory (sockets, logs, the shared directory).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     /// The agent client (bounded RPCs).
     pub fn client(&self) -> &AgentClient {
-        &self.client
+        self.link.client()
     }
 
     /// A fresh connection for a long poll (one per waiter, so waits never
     /// queue behind each other in the agent's per-connection thread pool).
     pub fn long_poll_client(&self) -> Result<AgentClient, CoreError> {
-        AgentClient::connect(&self.uds, self.rpc_timeout).map_err(|e| CoreError::Unavailable(e.to_string()))
+        self.link.long_poll_client()
     }
 
     /// The VMM's vsock socket.
     pub fn uds(&self) -> &Path {
-        &self.uds
+        self.link.uds()
     }
 
     /// The shared directory.
@@ -316,17 +324,25 @@ fn start_vm(config: &RuntimeConfig, spec: &mut VmSpec) -> Result<(SandboxVm, boo
 /// After a shim crash: unmount and remove the state a dead shim left.
 pub fn cleanup_after_crash(id: &str, bundle: &Path) {
     if let Ok(state) = std::fs::read_to_string(bundle.join(STATE_LINK)) {
-        let state = PathBuf::from(state.trim());
-        rootfs::remove_dir_mounts(&state.join("shared"));
-        // The VMM and virtiofsd died with the shim (PDEATHSIG): their
-        // cgroup is empty, or about to be.
-        if let Ok(path) = std::fs::read_to_string(state.join(CGROUP_NOTE)) {
-            crate::vm::cgroup::remove_leftover(&path);
-        }
-        rootfs::remove_tree(&state);
+        remove_leftover_state(Path::new(state.trim()));
     }
     let _ = nix::mount::umount2(&bundle.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
     log::info!("cleaned up after shim of {id}");
+}
+
+/// Removes what a sandbox whose owner died left in its state directory
+/// `state`: the shared directory's mounts, its host cgroup (the VMM and
+/// virtiofsd died with their owner, PDEATHSIG, so it is empty or about to
+/// be) and the directory. Nothing there is a no-op.
+pub fn remove_leftover_state(state: &Path) {
+    if !state.exists() {
+        return;
+    }
+    rootfs::remove_dir_mounts(&state.join("shared"));
+    if let Ok(path) = std::fs::read_to_string(state.join(CGROUP_NOTE)) {
+        crate::vm::cgroup::remove_leftover(&path);
+    }
+    rootfs::remove_tree(state);
 }
 
 /// A request naming container `id`.

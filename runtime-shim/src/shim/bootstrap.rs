@@ -248,7 +248,8 @@ pub fn runtime_info(runtime_id: &str) -> RuntimeInfo {
     info.version = MessageField::some(version);
     let mut features = Any::new();
     features.type_url = FEATURES_TYPE_URL.into();
-    features.value = serde_json::to_vec(&crate::features::features()).unwrap_or_default();
+    features.value =
+        serde_json::to_vec(&crate::features::features(crate::features::Frontend::Shim)).unwrap_or_default();
     info.features = MessageField::some(features);
     info
 }

@@ -1,145 +1,111 @@
-//! Standalone containers without containerd, runc-style:
-//! `kata-like run --bundle DIR ID`, `state ID`, `kill ID [SIGNAL]`,
-//! `delete [--force] ID`, `spec`.
+//! The runc-compatible front end: containers without containerd, driven
+//! through runc's command line by Docker (through containerd's runc shim),
+//! podman (through conmon) or by hand: `create`, `start`, `state`, `kill`,
+//! `delete`, `exec`, `ps`, `pause`, `resume`, `update`, `list`, `events`,
+//! `features`, `run` and `spec`, with runc's flags and conventions.
 //!
-//! `run` is the monitor: it boots the sandbox VM (the same
-//! [`Sandbox`] code as the shim), shares the bundle's rootfs over
-//! virtio-fs, creates and starts the container with the caller's stdio,
-//! forwards the signals it receives to the container, and exits with the
-//! container's status once it has torn the VM down. The VMM and virtiofsd
-//! are its children and die with it. `--detach` leaves a monitor running
-//! in the background (its own session) and returns once the container
-//! runs; the record then stays, `stopped`, until `delete`.
-//!
-//! Other invocations find the container through `<root>/<id>/state.json`
-//! and reach its agent through the VM's vsock socket in `<root>/<id>/vm/`.
+//! Each container has its own microVM, owned by its host process, the
+//! monitor ([`monitor`]), whose PID `create` reports. The other commands
+//! find the container through `<root>/<id>/state.json` and reach its agent
+//! through the VM's vsock socket (or the monitor's control socket, for
+//! `start`). `exec` runs its process from a host process of its own
+//! ([`exec`]) that lives and ends as the guest process does.
 
+mod console;
+mod exec;
+mod hooks;
+mod monitor;
+mod ops;
+mod signals;
 mod state;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kata_like_protocol::AgentClient;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
-use crate::config::RuntimeConfig;
-use crate::sandbox::io::{ProcessIo, StdioPaths};
-use crate::sandbox::{rootfs, ContainerSpec, CoreError, Sandbox, TaskStatus};
-pub use state::{check_id, Root, State, OCI_VERSION};
+use crate::sandbox::{pod, rootfs, ContainerSpec, CoreError, GuestLink, TaskStatus};
+pub use exec::{exec, exec_monitor, ExecArgs};
+pub use monitor::monitor;
+pub use ops::{events, features, list, pause, ps, resume, update, ListFormat, UpdateArgs};
+pub use signals::exit_like;
+pub use state::{check_id, now_rfc3339, Root, State, OCI_VERSION};
 
 /// The default state root (runc uses /run/runc).
 pub const DEFAULT_ROOT: &str = "/run/kata-like/standalone";
 /// Environment variable through which a detached monitor reports to the
-/// `kata-like run --detach` that started it (a pipe descriptor number).
-const NOTIFY_FD_ENV: &str = "_KATA_LIKE_NOTIFY_FD";
-/// How long output may keep flowing after the container exits (a
-/// background process can hold the streams open).
-const OUTPUT_GRACE: Duration = Duration::from_secs(5);
+/// command that started it (a pipe descriptor number).
+pub const NOTIFY_FD_ENV: &str = "_KATA_LIKE_NOTIFY_FD";
 /// How long `delete --force` waits for the monitor after SIGKILLing the
 /// container before it kills the monitor itself.
 const FORCE_GRACE: Duration = Duration::from_secs(30);
-/// The signals `run` forwards to the container's init.
-const FORWARDED: [Signal; 6] =
-    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
 
 /// Why a standalone command failed: the core's error, which the CLI turns
 /// into its message and exit status.
 pub type StandaloneError = CoreError;
 
-/// The error for an ID that is taken.
-fn exists(id: &str) -> CoreError {
-    CoreError::Exists(format!("container {id} already exists"))
-}
-
-/// Where state lives and which runtime configuration to use.
-#[derive(Clone, Debug)]
+/// Where state lives, which runtime configuration to use, and the global
+/// flags a monitor started in the background is given again.
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// The state root (`--root`).
     pub root: PathBuf,
     /// The runtime configuration file (`--config`); else the usual search.
     pub config: Option<PathBuf>,
+    /// `--systemd-cgroup`: `linux.cgroupsPath` is in systemd's
+    /// `slice:prefix:name` form (the form is also recognised without it).
+    pub systemd_cgroup: bool,
+    /// Global flags to pass to a background monitor (`--log`, …).
+    pub passed_on: Vec<std::ffi::OsString>,
 }
 
 impl Options {
     fn root(&self) -> Root {
         Root(self.root.clone())
     }
+
+    /// `kata-like` with these global options, for a background process.
+    fn self_command(&self) -> Result<Command, CoreError> {
+        let exe = std::env::current_exe().map_err(|e| CoreError::Failed(format!("finding our own executable: {e}")))?;
+        let mut command = Command::new(exe);
+        command.arg("--root").arg(&self.root);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        if self.systemd_cgroup {
+            command.arg("--systemd-cgroup");
+        }
+        command.args(&self.passed_on);
+        Ok(command)
+    }
+
+    fn rpc_timeout(&self) -> Result<Duration, CoreError> {
+        crate::config::RuntimeConfig::load(self.config.as_deref())
+            .map(|c| c.rpc_timeout())
+            .map_err(|e| CoreError::Invalid(e.to_string()))
+    }
 }
 
-/// `kata-like run`: runs the bundle's container to completion and returns
-/// its exit status (code, or 128 + signal). With `detach`, returns 0 once
-/// it runs, leaving a background monitor.
-pub fn run(opts: &Options, bundle: &Path, id: &str, detach: bool) -> Result<u32, StandaloneError> {
-    check_id(id)?;
-    if detach {
-        return run_detached(opts, bundle, id);
-    }
-    let notify = notify_pipe();
-    let result = monitor(opts, bundle, id, notify.is_some(), |state| {
-        if let Some(fd) = &notify {
-            let _ = writeln!(std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?), "ok {}", state.pid);
-        }
-        Ok(())
-    });
-    if let (Err(e), Some(fd)) = (&result, notify) {
-        let _ = writeln!(std::fs::File::from(fd), "error {e}");
-    }
-    result
+/// The error for an ID that is taken.
+fn exists(id: &str) -> CoreError {
+    CoreError::Exists(format!("container {id} already exists"))
 }
 
-/// The notify pipe a detached monitor was started with, if any.
-fn notify_pipe() -> Option<OwnedFd> {
-    let fd: i32 = std::env::var(NOTIFY_FD_ENV).ok()?.parse().ok()?;
-    std::env::remove_var(NOTIFY_FD_ENV);
-    // SAFETY: the parent `kata-like run --detach` passed us this open pipe
-    // descriptor for our exclusive use.
-    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
-/// Starts `kata-like run` again as a background monitor in its own session
-/// and waits for its report.
-fn run_detached(opts: &Options, bundle: &Path, id: &str) -> Result<u32, StandaloneError> {
-    let failed = |what: &str, e: std::io::Error| StandaloneError::Failed(format!("{what}: {e}"));
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("pipe", std::io::Error::from(e)))?;
-    let exe = std::env::current_exe().map_err(|e| failed("finding our own executable", e))?;
-    let mut command = Command::new(exe);
-    command.arg("--root").arg(&opts.root);
-    if let Some(config) = &opts.config {
-        command.arg("--config").arg(config);
-    }
-    command.arg("run").arg("--bundle").arg(bundle).arg(id).env(NOTIFY_FD_ENV, write.as_raw_fd().to_string());
-    let write_fd = write.as_raw_fd();
-    // SAFETY: setsid and fcntl are async-signal-safe; the monitor gets its
-    // own session (no terminal signals) and keeps the notify pipe open.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::fcntl(write_fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(|e| failed("starting the monitor", e))?;
-    drop(write);
-    let mut line = String::new();
-    let _ = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
-    match line.trim_end().split_once(' ') {
-        Some(("ok", _)) => Ok(0),
-        Some(("error", e)) => {
-            let _ = child.wait();
-            Err(StandaloneError::Failed(e.to_string()))
-        }
-        _ => {
-            let status = child.wait().map_err(|e| failed("waiting for the monitor", e))?;
-            Err(StandaloneError::Failed(format!("the monitor exited ({status}) before the container started")))
-        }
-    }
+/// `create`'s (and `run`'s) flags.
+#[derive(Clone, Debug, Default)]
+pub struct CreateArgs {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// Where to write the container's host PID.
+    pub pid_file: Option<PathBuf>,
+    /// Where to send the pty master of a terminal container.
+    pub console_socket: Option<PathBuf>,
+    /// Extra descriptors to pass (runc's `--preserve-fds`).
+    pub preserve_fds: u32,
 }
 
 /// Undoes a partly made container directory on error.
@@ -151,226 +117,293 @@ struct Cleanup<'a> {
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
         if self.armed {
-            rootfs::remove_dir_mounts(&self.dir.join(state::VM_DIR).join("shared"));
             rootfs::remove_tree(self.dir);
         }
     }
 }
 
-/// The monitor: create, start, wait, tear down. `started` is told once the
-/// container runs. With `keep`, the stopped record stays for `delete`.
-fn monitor(
-    opts: &Options,
-    bundle: &Path,
-    id: &str,
-    keep: bool,
-    started: impl FnOnce(&State) -> Result<(), String>,
-) -> Result<u32, StandaloneError> {
-    let bundle = std::fs::canonicalize(bundle)
-        .map_err(|e| StandaloneError::Invalid(format!("bundle {}: {e}", bundle.display())))?;
+/// Checks a bundle and claims `id`: its directory and a `creating` record.
+fn claim(opts: &Options, args: &CreateArgs, id: &str, detached: bool) -> Result<(State, ContainerSpec), CoreError> {
+    check_id(id)?;
+    let bundle = std::fs::canonicalize(&args.bundle)
+        .map_err(|e| CoreError::Invalid(format!("bundle {}: {e}", args.bundle.display())))?;
     let spec = ContainerSpec::read(&bundle)?;
-    let terminal = spec.terminal;
+    hooks::Hooks::read(&bundle).map_err(CoreError::Invalid)?;
     let rootfs_dir = spec.rootfs_in(&bundle);
     if !rootfs_dir.is_dir() {
-        return Err(StandaloneError::Invalid(format!("rootfs {} is not a directory", rootfs_dir.display())));
+        return Err(CoreError::Invalid(format!("rootfs {} is not a directory", rootfs_dir.display())));
     }
-    let root = opts.root();
-    let mut config =
-        RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
-    // Boot slots are the host's, shared with shims: under the configured
-    // state root, not this container's directory.
-    let boot_slots = config.state_root.join(crate::sandbox::boot_slots::DIR);
-    config.state_root = root.dir(id);
-
-    // The ID is claimed by creating its directory.
+    if args.preserve_fds > 0 {
+        return Err(CoreError::Invalid("--preserve-fds: host descriptors cannot be passed into a microVM".into()));
+    }
+    match (spec.terminal, &args.console_socket, detached) {
+        (true, None, true) => {
+            return Err(CoreError::Invalid(
+                "cannot allocate a terminal (process.terminal) without --console-socket when detached".into(),
+            ))
+        }
+        (false, Some(_), _) => {
+            return Err(CoreError::Invalid("--console-socket given, but process.terminal is false".into()))
+        }
+        _ => {}
+    }
+    let cgroups_path = pod::cgroups_path(&spec.spec);
     std::fs::create_dir_all(&opts.root)
-        .map_err(|e| StandaloneError::Failed(format!("state root {}: {e}", opts.root.display())))?;
+        .map_err(|e| CoreError::Failed(format!("state root {}: {e}", opts.root.display())))?;
+    let root = opts.root();
     let dir = root.dir(id);
     match std::fs::create_dir(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists(id)),
-        Err(e) => return Err(StandaloneError::Failed(format!("{}: {e}", dir.display()))),
+        Err(e) => return Err(CoreError::Failed(format!("{}: {e}", dir.display()))),
     }
-    let mut cleanup = Cleanup { dir: &dir, armed: true };
-    let mut record = State {
+    let record = State {
         oci_version: OCI_VERSION.into(),
         id: id.into(),
         status: TaskStatus::Creating,
         pid: 0,
         bundle: bundle.display().to_string(),
-        annotations: spec.annotations(),
+        rootfs: rootfs_dir.display().to_string(),
         created: state::now_rfc3339(),
-        monitor_pid: std::process::id(),
+        owner: nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name),
+        annotations: spec.annotations(),
+        monitor_pid: 0,
+        monitor_start: 0,
+        guest_pid: 0,
+        vm_dir: PathBuf::new(),
+        control: PathBuf::new(),
+        cgroups_path,
         exit_status: None,
     };
-    root.save(&record)?;
-
-    // Signals to forward are blocked before any thread starts, so they all
-    // reach the forwarding thread (children get a clean mask, see child.rs).
-    let mut forwarded = SigSet::empty();
-    for s in FORWARDED {
-        forwarded.add(s);
+    if let Err(e) = root.save(&record) {
+        rootfs::remove_tree(&dir);
+        return Err(e);
     }
-    forwarded.add(Signal::SIGWINCH);
-    forwarded.thread_block().map_err(|e| StandaloneError::Failed(format!("blocking signals: {e}")))?;
+    Ok((record, spec))
+}
 
-    let mut boot = spec.boot_options_sized(config.vcpus, config.memory_mib);
-    boot.boot_slots = Some(boot_slots);
-    let sandbox = Sandbox::start(&config, state::VM_DIR, boot, None)?;
-    let stdio = StdioPaths { stdin: "fd://0".into(), stdout: "fd://1".into(), stderr: "fd://2".into(), terminal };
-    let outcome = (|| {
-        let (pid, io) = sandbox.add_container(id, &spec, &rootfs_dir, &stdio)?;
-        record.pid = pid;
-        record.status = TaskStatus::Created;
-        root.save(&record)?;
-        let _raw_tty = if terminal { terminal_raw_mode(&sandbox, id) } else { None };
-        sandbox.start_container(id)?;
-        record.status = TaskStatus::Running;
-        root.save(&record)?;
-        forward_signals(sandbox.uds().to_path_buf(), config.rpc_timeout(), id.to_string(), forwarded, terminal);
-        started(&record).map_err(CoreError::Failed)?;
-        let waited = sandbox.wait_process(id, "");
-        drain(io);
-        match waited {
-            Ok(resp) => Ok(resp.exit_status),
-            Err(e) => {
-                let why = sandbox.exited().unwrap_or_else(|| e.to_string());
-                Err(StandaloneError::Failed(format!(
-                    "lost the container: {why}; guest console:\n{}",
-                    sandbox.console_tail()
-                )))
+/// `create`: sets the container up in its VM without running its process
+/// and returns once it is `created`, its monitor left running.
+pub fn create(opts: &Options, id: &str, args: &CreateArgs) -> Result<(), CoreError> {
+    spawn_monitor(opts, id, args, false)
+}
+
+/// `run`: create and start. In the foreground, this process is the monitor
+/// and returns the container's exit status once its record is gone; with
+/// `detach`, returns 0 once it runs, leaving the monitor and the record.
+pub fn run(opts: &Options, id: &str, args: &CreateArgs, detach: bool) -> Result<u32, CoreError> {
+    if detach {
+        return spawn_monitor(opts, id, args, true).map(|()| 0);
+    }
+    claim(opts, args, id, false)?;
+    let root = opts.root();
+    let dir = root.dir(id);
+    let _cleanup = Cleanup { dir: &dir, armed: true };
+    if let Some(path) = &args.pid_file {
+        write_pid_file(path, std::process::id())?;
+    }
+    let status = monitor(opts, id, true, None);
+    let record = root.load(id);
+    if let Ok(record) = &record {
+        remove_container(opts, record);
+    }
+    status
+}
+
+/// Starts the monitor of `id` in the background and waits for its report.
+fn spawn_monitor(opts: &Options, id: &str, args: &CreateArgs, start_now: bool) -> Result<(), CoreError> {
+    let (record, _spec) = claim(opts, args, id, true)?;
+    let root = opts.root();
+    let dir = root.dir(id);
+    let mut cleanup = Cleanup { dir: &dir, armed: true };
+    let failed = |what: &str, e: std::io::Error| CoreError::Failed(format!("{what}: {e}"));
+    let console = args.console_socket.as_deref().map(console::send_to).transpose().map_err(CoreError::Failed)?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("pipe", std::io::Error::from(e)))?;
+    let mut command = opts.self_command()?;
+    command.arg("_monitor");
+    if start_now {
+        command.arg("--start");
+    }
+    command.arg(id).env(NOTIFY_FD_ENV, write.as_raw_fd().to_string());
+    if let Some(console) = &console {
+        let fd = |what| console.slave.try_clone().map(Stdio::from).map_err(|e| failed(what, e));
+        command.stdin(fd("pty")?).stdout(fd("pty")?).stderr(fd("pty")?);
+    }
+    let write_fd = write.as_raw_fd();
+    let ctty = console.is_some();
+    // SAFETY: setsid, ioctl and fcntl are async-signal-safe. The monitor
+    // gets its own session (no terminal signals of the caller's), the pty
+    // (its stdin) as controlling terminal so a resize reaches it as
+    // SIGWINCH, and keeps the notify pipe open across exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
             }
+            if libc::fcntl(write_fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| failed("starting the monitor", e))?;
+    drop(write);
+    drop(console);
+    let mut line = String::new();
+    let _ = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
+    let line = line.trim_end();
+    if line == "ok" {
+        if let Some(path) = &args.pid_file {
+            write_pid_file(path, child.id())?;
         }
-    })();
-    sandbox.destroy();
-    let status = outcome?;
-    if keep {
-        record.status = TaskStatus::Stopped;
-        record.exit_status = Some(status);
-        root.save(&record)?;
         cleanup.armed = false;
+        // The monitor is reparented to our caller's subreaper when we exit.
+        return Ok(());
     }
-    Ok(status)
-}
-
-/// Waits for the output streams to drain (bounded).
-fn drain(mut io: ProcessIo) {
-    match tokio::runtime::Builder::new_current_thread().enable_time().build() {
-        Ok(rt) => rt.block_on(io.wait_output(OUTPUT_GRACE)),
-        Err(e) => tracing::warn!(error = %e, "cannot wait for the output to drain"),
-    }
-    io.close_stdin();
-}
-
-/// Forwards the blocked signals to the container's init for as long as the
-/// process lives (SIGWINCH resizes its terminal).
-fn forward_signals(uds: PathBuf, rpc_timeout: Duration, id: String, set: SigSet, terminal: bool) {
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let client = match AgentClient::connect(&uds, rpc_timeout) {
-            Ok(c) => c,
-            Err(e) => return tracing::warn!(error = %e, "signals will not be forwarded"),
-        };
-        while let Ok(signal) = set.wait() {
-            let sent = if signal == Signal::SIGWINCH {
-                if !terminal {
-                    continue;
-                }
-                let (w, h) = window_size().unwrap_or((80, 24));
-                client.resize_tty(&id, "", w, h)
-            } else {
-                client.signal_process(&id, "", signal as u32, false)
-            };
-            if let Err(e) = sent {
-                tracing::warn!(?signal, error = %e, "cannot forward the signal");
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the signal forwarding thread");
+    let status = child.wait().map_err(|e| failed("waiting for the monitor", e))?;
+    remove_container(opts, &root.load(id).unwrap_or(record));
+    match line.split_once(' ') {
+        Some(("error", e)) => Err(CoreError::Failed(e.to_string())),
+        _ => Err(CoreError::Failed(format!("the monitor exited ({status}) before the container was created"))),
     }
 }
 
-/// The size of the terminal on our stdin, if it is one.
-fn window_size() -> Option<(u32, u32)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCGWINSZ writes one winsize into `ws`.
-    let r = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_col > 0).then(|| (u32::from(ws.ws_col), u32::from(ws.ws_row)))
+/// Writes `pid` to `path` atomically, as runc does (a reader never sees an
+/// empty file).
+fn write_pid_file(path: &Path, pid: u32) -> Result<(), CoreError> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    std::fs::write(&tmp, pid.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| CoreError::Failed(format!("--pid-file {}: {e}", path.display())))
 }
 
-/// Restores the terminal's settings when dropped.
-struct RawTty(nix::sys::termios::Termios);
+/// The notify pipe a background monitor was started with, if any.
+pub fn notify_pipe() -> Option<std::fs::File> {
+    let fd: i32 = std::env::var(NOTIFY_FD_ENV).ok()?.parse().ok()?;
+    std::env::remove_var(NOTIFY_FD_ENV);
+    // SAFETY: the command that started us passed us this open pipe
+    // descriptor for our exclusive use.
+    Some(std::fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }))
+}
 
-impl Drop for RawTty {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &self.0);
+/// `start`: runs the created container's process.
+pub fn start(opts: &Options, id: &str) -> Result<(), CoreError> {
+    let record = opts.root().load(id)?;
+    match record.status {
+        TaskStatus::Created => monitor::request_start(&record),
+        TaskStatus::Stopped => Err(CoreError::WrongState(format!("cannot start container {id}: it has stopped"))),
+        status => Err(CoreError::WrongState(format!("cannot start container {id}: it is {}", status_name(status)))),
     }
 }
 
-/// For a terminal container on an interactive terminal: raw mode (the
-/// guest's pty does the line discipline) and the current window size.
-fn terminal_raw_mode(sandbox: &Sandbox, id: &str) -> Option<RawTty> {
-    use nix::sys::termios;
-    let saved = termios::tcgetattr(std::io::stdin()).ok()?;
-    let mut raw = saved.clone();
-    termios::cfmakeraw(&mut raw);
-    termios::tcsetattr(std::io::stdin(), termios::SetArg::TCSANOW, &raw).ok()?;
-    if let Some((w, h)) = window_size() {
-        let _ = sandbox.client().resize_tty(id, "", w, h);
-    }
-    Some(RawTty(saved))
+/// The OCI name of a status.
+fn status_name(status: TaskStatus) -> String {
+    serde_json::to_value(status).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
-/// `kata-like state`: the container's OCI state.
-pub fn state(opts: &Options, id: &str) -> Result<State, StandaloneError> {
+/// `state`: the container's OCI state.
+pub fn state(opts: &Options, id: &str) -> Result<State, CoreError> {
     opts.root().load(id)
 }
 
-/// `kata-like kill`: sends `signal` to the container's init (or with `all`
-/// to all its processes).
-pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), StandaloneError> {
-    let root = opts.root();
-    let record = root.load(id)?;
-    if record.status != TaskStatus::Created && record.status != TaskStatus::Running {
-        return Err(CoreError::WrongState(format!("container {id} is not running")));
-    }
-    let config = RuntimeConfig::load(opts.config.as_deref()).map_err(|e| StandaloneError::Invalid(e.to_string()))?;
-    let uds = crate::vm::vsock_path(&root.vm_dir(id));
-    let client = AgentClient::connect(&uds, config.rpc_timeout())
-        .map_err(|e| StandaloneError::Failed(format!("cannot reach the agent of {id}: {e}")))?;
-    client.signal_process(id, "", signal as u32, all).map_err(CoreError::Agent)
+/// The agent link of a container that has a VM.
+fn link(opts: &Options, record: &State) -> Result<GuestLink, CoreError> {
+    GuestLink::connect(&record.vm_dir, opts.rpc_timeout()?)
 }
 
-/// `kata-like delete`: removes a stopped container's record; with `force`
-/// kills a running one first (its monitor then tears the VM down).
-pub fn delete(opts: &Options, id: &str, force: bool) -> Result<(), StandaloneError> {
-    let root = opts.root();
-    let record = root.load(id)?;
-    if record.status != TaskStatus::Stopped {
-        if !force {
-            return Err(CoreError::WrongState(format!(
-                "container {id} is still running (kill it first, or delete --force)"
-            )));
-        }
-        if let Err(e) = kill(opts, id, Signal::SIGKILL, true) {
-            tracing::warn!(error = %e, "SIGKILL through the agent failed; stopping the monitor");
-        }
-        let deadline = Instant::now() + FORCE_GRACE;
-        while state::monitor_alive(record.monitor_pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if state::monitor_alive(record.monitor_pid) {
-            // Its VMM and virtiofsd die with it (PDEATHSIG).
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.monitor_pid as i32), Signal::SIGKILL);
-        }
+/// `kill`: sends `signal` to the container's init (with `all`, to all its
+/// processes).
+pub fn kill(opts: &Options, id: &str, signal: Signal, all: bool) -> Result<(), CoreError> {
+    let record = opts.root().load(id)?;
+    match record.status {
+        TaskStatus::Created | TaskStatus::Running | TaskStatus::Paused => {}
+        _ => return Err(CoreError::WrongState(format!("container {id} is not running"))),
     }
+    link(opts, &record)?.client().signal_process(id, "", signal as u32, all).map_err(CoreError::Agent)
+}
+
+/// `delete`: removes a stopped (or created) container; with `force` kills a
+/// running one first. A running container without `force` is an error and
+/// nothing changes.
+pub fn delete(opts: &Options, id: &str, force: bool) -> Result<(), CoreError> {
+    let root = opts.root();
+    let record = match root.load(id) {
+        // runc's --force: a container that is not there is deleted.
+        Err(CoreError::NotFound(_)) if force => {
+            rootfs::remove_tree(&root.dir(id));
+            return Ok(());
+        }
+        other => other?,
+    };
+    match record.status {
+        TaskStatus::Stopped => {}
+        TaskStatus::Running | TaskStatus::Paused if !force => {
+            return Err(CoreError::WrongState(format!(
+                "cannot delete container {id} that is not stopped: {} (kill it first, or delete --force)",
+                status_name(record.status)
+            )))
+        }
+        TaskStatus::Running | TaskStatus::Paused => {
+            if let Err(e) = kill(opts, id, Signal::SIGKILL, true) {
+                tracing::warn!(error = %e, "SIGKILL through the agent failed; stopping the monitor");
+            }
+            let deadline = Instant::now() + FORCE_GRACE;
+            while state::monitor_alive(record.monitor_pid, record.monitor_start) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Created (or being created): its process never ran; its VM goes
+        // with its monitor, as runc's delete kills a created init.
+        TaskStatus::Created | TaskStatus::Creating => {}
+    }
+    stop_monitor(&record);
+    remove_container(opts, &record);
     let dir = root.dir(id);
-    rootfs::remove_dir_mounts(&root.vm_dir(id).join("shared"));
-    rootfs::remove_tree(&dir);
     if dir.exists() {
-        return Err(StandaloneError::Failed(format!("{} could not be removed (see the log)", dir.display())));
+        return Err(CoreError::Failed(format!("{} could not be removed (see the log)", dir.display())));
     }
     Ok(())
+}
+
+/// SIGKILLs the monitor if it still lives and waits until it is gone (its
+/// VMM and virtiofsd die with it, PDEATHSIG).
+fn stop_monitor(record: &State) {
+    if !state::monitor_alive(record.monitor_pid, record.monitor_start) {
+        return;
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(record.monitor_pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + FORCE_GRACE;
+    while state::monitor_alive(record.monitor_pid, record.monitor_start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes everything of a container whose monitor is gone: what its VM
+/// left (mounts, state directory, cgroup), its control socket, its record;
+/// then runs its poststop hooks.
+fn remove_container(opts: &Options, record: &State) {
+    if !record.vm_dir.as_os_str().is_empty() {
+        crate::sandbox::remove_leftover_state(&record.vm_dir);
+    }
+    if !record.cgroups_path.is_empty() {
+        crate::vm::cgroup::remove_leftover(&record.cgroups_path);
+    }
+    if !record.control.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(&record.control);
+    }
+    rootfs::remove_tree(&opts.root().dir(&record.id));
+    match hooks::Hooks::read(Path::new(&record.bundle)) {
+        Ok(hooks) => hooks::run_logged("poststop", &hooks.poststop, record),
+        Err(e) => tracing::debug!("no poststop hooks: {e}"),
+    }
 }
 
 /// `kata-like spec`: writes a default `config.json` (runc's defaults,
@@ -424,17 +457,33 @@ mod tests {
     #[test]
     fn bad_bundles_are_named_and_leave_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = Options { root: dir.path().join("root"), config: None };
-        let err = run(&opts, &dir.path().join("missing"), "c1", false).unwrap_err();
+        let opts = Options { root: dir.path().join("root"), ..Default::default() };
+        let at = |bundle: &Path| CreateArgs { bundle: bundle.to_path_buf(), ..Default::default() };
+        let err = run(&opts, "c1", &at(&dir.path().join("missing")), false).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let err = create(&opts, "c1", &at(&dir.path().join("missing"))).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         std::fs::write(dir.path().join("config.json"), "{not json").expect("write");
-        let err = run(&opts, dir.path(), "c1", false).unwrap_err();
+        let err = run(&opts, "c1", &at(dir.path()), false).unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");
         spec_without_rootfs(dir.path());
-        let err = run(&opts, dir.path(), "c1", false).unwrap_err();
+        let err = run(&opts, "c1", &at(dir.path()), false).unwrap_err();
         assert!(err.to_string().contains("rootfs"), "{err}");
+        std::fs::create_dir(dir.path().join("rootfs")).expect("rootfs");
+        let mut args = at(dir.path());
+        args.preserve_fds = 1;
+        let err = create(&opts, "c1", &args).unwrap_err();
+        assert!(err.to_string().contains("--preserve-fds"), "{err}");
+        args.preserve_fds = 0;
+        args.console_socket = Some(dir.path().join("console.sock"));
+        let err = create(&opts, "c1", &args).unwrap_err();
+        assert!(err.to_string().contains("process.terminal is false"), "{err}");
         assert!(!opts.root.join("c1").exists());
-        assert!(matches!(run(&opts, dir.path(), "../x", false), Err(StandaloneError::Invalid(_))));
+        assert!(matches!(run(&opts, "../x", &at(dir.path()), false), Err(StandaloneError::Invalid(_))));
+        assert!(delete(&opts, "c1", true).is_ok(), "runc's delete --force of a missing container succeeds");
+        for missing in [start(&opts, "c1"), kill(&opts, "c1", Signal::SIGTERM, false), delete(&opts, "c1", false)] {
+            assert!(matches!(missing, Err(StandaloneError::NotFound(_))), "{missing:?}");
+        }
     }
 
     fn spec_without_rootfs(dir: &Path) {

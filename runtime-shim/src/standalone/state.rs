@@ -12,7 +12,9 @@ use crate::sandbox::{CoreError, TaskStatus};
 /// The OCI runtime-spec version our state follows.
 pub const OCI_VERSION: &str = "1.0.2";
 
-/// OCI runtime state (runtime-spec "State"), with kata-like extras.
+/// OCI runtime state (runtime-spec "State"), with kata-like extras. The
+/// OCI fields come first, in runc's order; `kata-like state` prints them
+/// (and the extras, which OCI callers ignore).
 #[derive(Clone, Debug, Deserialize, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct State {
@@ -20,20 +22,43 @@ pub struct State {
     pub oci_version: String,
     /// Container ID.
     pub id: String,
-    /// creating, created, running or stopped.
+    /// creating, created, running, paused or stopped.
     pub status: TaskStatus,
-    /// The container's init process, as a PID of the guest (the host has
-    /// no process for it); 0 before it exists.
+    /// The container's host process (see `monitor.rs`): it lives as long
+    /// as the container's init in the guest and ends with its status; 0
+    /// before it exists and once it has ended.
     pub pid: u32,
     /// Absolute bundle path.
     pub bundle: String,
+    /// The container's root file system on the host.
+    #[serde(default)]
+    pub rootfs: String,
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// The user that created it ("root").
+    #[serde(default)]
+    pub owner: String,
     /// The spec's annotations.
     #[serde(default)]
     pub annotations: HashMap<String, String>,
-    /// RFC 3339 creation time.
-    pub created: String,
-    /// The `kata-like run` process that owns the VM.
+    /// The host process that owns the VM (the same as `pid` once it runs).
     pub monitor_pid: u32,
+    /// Its start time (/proc/PID/stat field 22), so a reused PID is not
+    /// taken for it.
+    #[serde(default)]
+    pub monitor_start: u64,
+    /// The container's init as a PID of the guest.
+    #[serde(default)]
+    pub guest_pid: u32,
+    /// The VM's state directory (vsock socket, logs, shared directory).
+    #[serde(default)]
+    pub vm_dir: PathBuf,
+    /// The monitor's control socket (`start`).
+    #[serde(default)]
+    pub control: PathBuf,
+    /// The container's host cgroup (`linux.cgroupsPath`, as the host has it).
+    #[serde(default)]
+    pub cgroups_path: String,
     /// Exit status once stopped (code, or 128 + signal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_status: Option<u32>,
@@ -49,9 +74,15 @@ impl Root {
         self.0.join(id)
     }
 
-    /// The sandbox VM's state directory (socket, logs, shared directory).
-    pub fn vm_dir(&self, id: &str) -> PathBuf {
-        self.dir(id).join(VM_DIR)
+    /// The name of container `id`'s VM state directory under the
+    /// configuration's `state_root`: short and distinct per root and ID
+    /// (Docker's root and 64-digit IDs would not leave room for the VM's
+    /// socket names in a directory below the root).
+    pub fn vm_name(&self, id: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.0, id).hash(&mut h);
+        format!("oci-{:016x}", h.finish())
     }
 
     /// Reads container `id`'s state; a monitor that is gone makes a
@@ -68,8 +99,12 @@ impl Root {
         };
         let mut state: State =
             serde_json::from_slice(&raw).map_err(|e| CoreError::Failed(format!("{}: {e}", path.display())))?;
-        if state.status != TaskStatus::Stopped && !monitor_alive(state.monitor_pid) {
+        if state.status != TaskStatus::Stopped && !monitor_alive(state.monitor_pid, state.monitor_start) {
             state.status = TaskStatus::Stopped;
+            state.pid = 0;
+        }
+        if state.status == TaskStatus::Running && self.dir(id).join(PAUSED).exists() {
+            state.status = TaskStatus::Paused;
         }
         Ok(state)
     }
@@ -85,9 +120,6 @@ impl Root {
     }
 }
 
-/// The sandbox state directory's name inside a container's directory.
-pub const VM_DIR: &str = "vm";
-
 /// Container IDs name directories: no separators, no dot names.
 pub fn check_id(id: &str) -> Result<(), CoreError> {
     let ok = !id.is_empty()
@@ -102,11 +134,36 @@ pub fn check_id(id: &str) -> Result<(), CoreError> {
     }
 }
 
-/// Whether `pid` is still a `kata-like` process (not a reused PID).
-pub fn monitor_alive(pid: u32) -> bool {
+/// In a container's directory: present while it is paused.
+pub const PAUSED: &str = "paused";
+
+/// Whether `pid` is still a `kata-like` process started at `start` (0:
+/// any start time), not a reused PID. A zombie (ended, not yet reaped by
+/// its subreaper) is not alive.
+pub fn monitor_alive(pid: u32, start: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let exe = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    pid != 0 && Path::new(std::str::from_utf8(exe).unwrap_or_default()).ends_with("kata-like")
+    if !Path::new(std::str::from_utf8(exe).unwrap_or_default()).ends_with("kata-like") {
+        return false;
+    }
+    match process_start(pid) {
+        Some((state, started)) => state != 'Z' && (start == 0 || started == start),
+        None => false,
+    }
+}
+
+/// A process's state letter and start time (/proc/PID/stat fields 3 and 22).
+pub fn process_start(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    Some((state, fields.get(19)?.parse().ok()?))
 }
 
 /// Now, RFC 3339 in UTC.
@@ -165,16 +222,24 @@ mod tests {
             status: TaskStatus::Running,
             pid: 7,
             bundle: "/b".into(),
-            annotations: HashMap::new(),
+            rootfs: "/b/rootfs".into(),
             created: now_rfc3339(),
+            owner: "root".into(),
+            annotations: HashMap::new(),
             // PID 1 exists but is not kata-like.
             monitor_pid: 1,
+            monitor_start: 0,
+            guest_pid: 7,
+            vm_dir: PathBuf::from("/run/x"),
+            control: PathBuf::from("/run/x.sock"),
+            cgroups_path: String::new(),
             exit_status: None,
         };
         root.save(&state).expect("save");
         let loaded = root.load("c1").expect("load");
         assert_eq!(loaded.status, TaskStatus::Stopped);
-        assert_eq!(loaded.pid, 7);
+        assert_eq!(loaded.pid, 0, "a stopped container has no process");
+        assert_eq!(loaded.guest_pid, 7);
         assert!(matches!(root.load("nope"), Err(CoreError::NotFound(_))));
     }
 }

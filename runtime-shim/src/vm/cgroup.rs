@@ -8,9 +8,8 @@
 //!
 //! Both processes join in `pre_exec`, before they allocate guest memory,
 //! by writing "0" to descriptors of `cgroup.procs` opened beforehand (no
-//! allocation after fork). Only cgroupfs paths are handled; systemd's
-//! `slice:prefix:name` form needs systemd's D-Bus API and is skipped with a
-//! warning.
+//! allocation after fork). systemd's `slice:prefix:name` form is turned
+//! into the cgroupfs path systemd would use (see [`systemd_path`]).
 //!
 //! Hand-written: `cgroups-rs` pulls in a D-Bus stack (zbus) and an old nix
 //! for what is mkdir, a write at exec and rmdir here, and neither it nor
@@ -135,13 +134,13 @@ fn parse(cgroups_path: &str) -> Result<Option<PathBuf>, String> {
     if cgroups_path.is_empty() {
         return Ok(None);
     }
-    if !cgroups_path.starts_with('/') && cgroups_path.contains(':') {
-        log::warn!(
-            "cgroupsPath {cgroups_path} is in systemd's slice:prefix:name form, which kata-like does not \
-             handle yet; the VM stays in the shim's cgroup"
-        );
-        return Ok(None);
-    }
+    let expanded;
+    let cgroups_path = if !cgroups_path.starts_with('/') && cgroups_path.contains(':') {
+        expanded = systemd_path(cgroups_path)?;
+        expanded.as_str()
+    } else {
+        cgroups_path
+    };
     let mut relative = PathBuf::new();
     for component in Path::new(cgroups_path).components() {
         match component {
@@ -156,6 +155,47 @@ fn parse(cgroups_path: &str) -> Result<Option<PathBuf>, String> {
         return Err(format!("cgroupsPath {cgroups_path} names the root cgroup"));
     }
     Ok(Some(relative))
+}
+
+/// systemd's `slice:prefix:name` form as the cgroupfs path systemd gives
+/// it (`a-b.slice:docker:ID` is `/a.slice/a-b.slice/docker-ID.scope`), so a
+/// caller using the systemd cgroup driver finds the VM where it looks. The
+/// directories are made directly: this host has no systemd to ask (runc's
+/// driver asks systemd over D-Bus to make the same directories).
+fn systemd_path(cgroups_path: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("cgroupsPath {cgroups_path} (systemd's slice:prefix:name form): {why}");
+    let mut parts = cgroups_path.splitn(3, ':');
+    let (slice, prefix, name) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), Some(p), Some(n)) => (s, p, n),
+        _ => return Err(bad("expected three parts")),
+    };
+    if name.is_empty() || [slice, prefix, name].iter().any(|p| p.contains('/')) {
+        return Err(bad("a part is empty or has a '/'"));
+    }
+    let slice = if slice.is_empty() { "system.slice" } else { slice };
+    let mut path = String::new();
+    if slice != "-.slice" {
+        let stem = slice.strip_suffix(".slice").ok_or_else(|| bad("the slice does not end in .slice"))?;
+        if stem.is_empty() || stem.starts_with('-') || stem.ends_with('-') || stem.contains("--") {
+            return Err(bad("not a valid slice name"));
+        }
+        let mut sofar = String::new();
+        for part in stem.split('-') {
+            if !sofar.is_empty() {
+                sofar.push('-');
+            }
+            sofar.push_str(part);
+            path.push_str(&format!("/{sofar}.slice"));
+        }
+    }
+    if name.ends_with(".slice") {
+        path.push_str(&format!("/{name}"));
+    } else if prefix.is_empty() {
+        path.push_str(&format!("/{name}.scope"));
+    } else {
+        path.push_str(&format!("/{prefix}-{name}.scope"));
+    }
+    Ok(path)
 }
 
 /// The mount points of the hierarchies to join: the cgroup2 mount at the
@@ -196,7 +236,15 @@ mod tests {
         assert_eq!(parse("").unwrap(), None);
         assert_eq!(parse("/kubepods/pod1/abc").unwrap(), Some(PathBuf::from("kubepods/pod1/abc")));
         assert_eq!(parse("default/abc").unwrap(), Some(PathBuf::from("default/abc")));
-        assert_eq!(parse("kubepods.slice:cri-containerd:abc").unwrap(), None);
+        assert_eq!(
+            parse("kubepods-besteffort.slice:cri-containerd:abc").unwrap(),
+            Some(PathBuf::from("kubepods.slice/kubepods-besteffort.slice/cri-containerd-abc.scope"))
+        );
+        assert_eq!(parse("system.slice:docker:abc").unwrap(), Some(PathBuf::from("system.slice/docker-abc.scope")));
+        assert_eq!(parse(":podman:abc").unwrap(), Some(PathBuf::from("system.slice/podman-abc.scope")));
+        assert!(parse("a--b.slice:x:y").unwrap_err().contains("slice"));
+        assert!(parse("noslice:x:y").unwrap_err().contains(".slice"));
+        assert!(parse("a.slice:x").unwrap_err().contains("three"));
         assert!(parse("/kubepods/../../etc").unwrap_err().contains(".."));
         assert!(parse("/").unwrap_err().contains("root"));
     }

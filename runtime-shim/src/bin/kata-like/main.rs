@@ -4,9 +4,15 @@
 //! through the agent, prints its output and exits with its exit status
 //! (128+N when it died of signal N), then powers the VM off.
 //!
-//! runc-style containers without containerd (see
-//! `kata_like_runtime::standalone`): `kata-like run --bundle DIR ID`,
-//! `state ID`, `kill ID [SIGNAL]`, `delete [--force] ID`, `spec`.
+//! runc-compatible containers without containerd, for Docker, podman and
+//! by hand (see `kata_like_runtime::standalone` and `oci.rs`): `create`,
+//! `start`, `run`, `state`, `kill`, `delete`, `exec`, `ps`, `pause`,
+//! `resume`, `update`, `list`, `events`, `features`, `spec`, with runc's
+//! global flags (`--root`, `--log`, `--log-format`, `--debug`,
+//! `--systemd-cgroup`).
+
+mod log;
+mod oci;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +34,25 @@ struct Cli {
     /// Runtime configuration file [default: $KATA_LIKE_CONFIG, else /etc/kata-like/configuration.toml].
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Log to this file (appended) instead of stderr.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// The log's format.
+    #[arg(long, global = true, value_enum, default_value_t = log::LogFormat::Text)]
+    log_format: log::LogFormat,
+    /// Log debug messages.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// cgroupsPath is in systemd's slice:prefix:name form (the form is also
+    /// recognised without this flag).
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for runc compatibility (checkpointing is not supported).
+    #[arg(long, global = true, hide = true)]
+    criu: Option<String>,
+    /// Accepted for runc compatibility (kata-like runs as root).
+    #[arg(long, global = true, hide = true)]
+    rootless: Option<String>,
     #[command(subcommand)]
     command: Top,
 }
@@ -37,41 +62,9 @@ enum Top {
     /// Stand-alone microVMs.
     #[command(subcommand)]
     Vm(VmCommand),
-    /// Run an OCI bundle's container in its own microVM; exits with its status.
-    Run {
-        /// The bundle directory (config.json and the rootfs).
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        /// Return once the container runs, leaving it in the background.
-        #[arg(long, short = 'd')]
-        detach: bool,
-        /// Container ID.
-        id: String,
-    },
-    /// Print a container's OCI state as JSON.
-    State {
-        /// Container ID.
-        id: String,
-    },
-    /// Send a signal to a container's init (or all its processes).
-    Kill {
-        /// Send it to every process of the container.
-        #[arg(long, short = 'a')]
-        all: bool,
-        /// Container ID.
-        id: String,
-        /// Signal name or number.
-        #[arg(default_value = "TERM")]
-        signal: String,
-    },
-    /// Remove a stopped container's state (--force: kill it first).
-    Delete {
-        /// Kill a running container first.
-        #[arg(long, short = 'f')]
-        force: bool,
-        /// Container ID.
-        id: String,
-    },
+    /// The runc-compatible commands.
+    #[command(flatten)]
+    Oci(oci::OciCommand),
     /// Write a default config.json into a bundle directory.
     Spec {
         /// The bundle directory.
@@ -233,37 +226,29 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)))
 }
 
-fn exit_code(status: u32) -> ExitCode {
-    ExitCode::from(u8::try_from(status.min(255)).unwrap_or(1))
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Warnings and errors on stderr (RUST_LOG overrides); `log` records of
-    // the shared sandbox code are bridged in.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
-    let opts = standalone::Options { root: cli.root, config: cli.config };
+    log::init(cli.log.as_deref(), cli.log_format, cli.debug);
+    // What a background monitor is given again.
+    let mut passed_on = Vec::new();
+    if let Some(log) = &cli.log {
+        passed_on.push("--log".into());
+        passed_on.push(log.clone().into_os_string());
+        passed_on.push(
+            format!("--log-format={}", if cli.log_format == log::LogFormat::Json { "json" } else { "text" }).into(),
+        );
+    }
+    if cli.debug {
+        passed_on.push("--debug".into());
+    }
+    let opts =
+        standalone::Options { root: cli.root, config: cli.config, systemd_cgroup: cli.systemd_cgroup, passed_on };
+    // A container's host processes have the container's stdio: their
+    // errors go to the log only.
+    let quiet = matches!(cli.command, Top::Oci(oci::OciCommand::Monitor { .. } | oci::OciCommand::ExecMonitor { .. }));
     let result = match cli.command {
         Top::Vm(VmCommand::Exec(args)) => exec(args),
-        Top::Run { bundle, detach, id } => {
-            standalone::run(&opts, &bundle, &id, detach).map(exit_code).map_err(Into::into)
-        }
-        Top::State { id } => standalone::state(&opts, &id)
-            .map_err(anyhow::Error::from)
-            .and_then(|s| Ok(serde_json::to_string_pretty(&s)?))
-            .map(|json| {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }),
-        Top::Kill { all, id, signal } => standalone::parse_signal(&signal)
-            .and_then(|sig| standalone::kill(&opts, &id, sig, all))
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(Into::into),
-        Top::Delete { force, id } => {
-            standalone::delete(&opts, &id, force).map(|()| ExitCode::SUCCESS).map_err(Into::into)
-        }
+        Top::Oci(command) => oci::run(&opts, command),
         Top::Spec { bundle } => standalone::spec(&bundle).map(|_| ExitCode::SUCCESS).map_err(Into::into),
         Top::Snapshot(command) => snapshot(&opts, command),
         Top::Check => check(&opts),
@@ -271,8 +256,16 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kata-like: error: {e:#}");
-            ExitCode::from(125)
+            // runc's way: the error in the log (where containerd's runc
+            // shim reads it) and on stderr.
+            let to_file = opts.passed_on.iter().any(|a| a == "--log");
+            if to_file || quiet {
+                tracing::error!("{e:#}");
+            }
+            if !quiet {
+                eprintln!("kata-like: error: {e:#}");
+            }
+            ExitCode::from(1)
         }
     }
 }
