@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "kata-like-busybox:latest";
 /// The runtime name in Docker's daemon.json and podman's `--runtime`.
 pub const RUNTIME: &str = "kata-like";
+/// The same runtime with VM templates off (cold boots), in daemon.json.
+pub const RUNTIME_COLD: &str = "kata-like-cold";
 
 /// Debian's docker.io client (a `docker` earlier on PATH may be another).
 fn docker_bin() -> &'static str {
@@ -66,9 +68,13 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
 /// VM templates, VM state under `state_root` (so a test sees what is left),
 /// generous timeouts for the emulated guest kernel.
 fn runtime_config(dir: &Path, state_root: &Path) -> PathBuf {
-    let path = dir.join("kata-like.toml");
+    runtime_config_named(dir, state_root, "kata-like.toml", "")
+}
+
+fn runtime_config_named(dir: &Path, state_root: &Path, name: &str, extra: &str) -> PathBuf {
+    let path = dir.join(name);
     let text = format!(
-        "memory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\nstate_root = \"{}\"\n{}",
+        "memory_mib = 128\nboot_timeout_secs = 300\nrpc_timeout_secs = 240\nstate_root = \"{}\"\n{}{extra}",
         state_root.display(),
         crate::containerd::templated_runtime_config()
     );
@@ -153,8 +159,12 @@ impl Docker {
         let d = dir.path();
         let state_root = d.join("vm-state");
         let config = runtime_config(d, &state_root);
+        let cold = runtime_config_named(d, &state_root, "kata-like-cold.toml", crate::containerd::COLD_BOOT);
         let daemon_json = serde_json::json!({
-            "runtimes": { RUNTIME: { "path": cli(), "runtimeArgs": ["--config", config] } }
+            "runtimes": {
+                RUNTIME: { "path": cli(), "runtimeArgs": ["--config", config] },
+                RUNTIME_COLD: { "path": cli(), "runtimeArgs": ["--config", cold] },
+            }
         });
         std::fs::write(d.join("daemon.json"), daemon_json.to_string()).map_err(|e| e.to_string())?;
         let log = |name: &str| std::fs::File::create(d.join(name)).map_err(|e| e.to_string());

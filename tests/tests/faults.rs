@@ -13,6 +13,9 @@
 //! boot slots). Every other life of the kill loop is a pod's
 //! (a CNI-style network namespace, `ctr run --with-ns network:…`), so the
 //! pod template's NIC slot is killed at random points too.
+//! Docker containers (the runc-compatible CLI) get the same: their host
+//! process (the monitor), VMM or virtiofsd SIGKILLed at a random point of
+//! `docker start` and after.
 //! The seed of the random kill points is printed; `KATA_LIKE_FAULT_SEED`
 //! replays it, and `KATA_LIKE_FAULT_TARGETS=virtiofsd,agent` limits the
 //! kills to those components.
@@ -460,6 +463,111 @@ fn containerd_killed_at_random_points_leaves_nothing_behind() {
     assert!(failures.is_empty(), "{failures:#?}\n{}", c.log_tail());
     let left = c.wait_clean(Duration::from_secs(30));
     assert!(left.is_empty(), "leftovers: {left:#?}");
+}
+
+/// The children of `pid` running `program` (the file name of argv[0]).
+fn children_of(pid: u32, program: &str) -> Vec<u32> {
+    test_infra::processes()
+        .into_iter()
+        .filter(|(child, cmdline)| {
+            let ppid = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<u32>().ok());
+            ppid == Some(pid) && cmdline.split(' ').next().is_some_and(|a| a.ends_with(program))
+        })
+        .map(|(child, _)| child)
+        .collect()
+}
+
+#[test]
+#[ignore = "boots microVMs (from a template) through Docker"]
+fn docker_containers_killed_at_random_points_leave_nothing_behind() {
+    let test = "docker_containers_killed_at_random_points_leave_nothing_behind";
+    if test_infra::vm_test(test).is_none() {
+        return;
+    }
+    if let Some(why) = test_infra::docker::docker_unavailable() {
+        test_infra::skip(test, &why);
+        return;
+    }
+    let d = test_infra::docker::Docker::start().unwrap_or_else(|e| panic!("{test}: {e}"));
+    let seed = seed();
+    // What a Docker container has on the host: its monitor (the runtime's
+    // process Docker's shim waits for), and the monitor's VMM and virtiofsd.
+    let kinds = ["monitor", "kata-like-vmm", "virtiofsd"];
+    let lives = (iterations() / 4).max(kinds.len());
+    eprintln!("docker kills: seed {seed}, {lives} lives (replay: KATA_LIKE_FAULT_SEED={seed})");
+    let mut rng = Rng(seed);
+    let mut failures = Vec::new();
+    for i in 0..lives {
+        let kind = kinds[i % kinds.len()];
+        let name = format!("df{i}");
+        let created = d.docker(&[
+            "create",
+            "--name",
+            &name,
+            "--runtime",
+            test_infra::docker::RUNTIME,
+            test_infra::docker::IMAGE,
+            "sleep",
+            "100000",
+        ]);
+        assert!(created.status.success(), "docker create: {}", String::from_utf8_lossy(&created.stderr));
+        let id = d.id(&name);
+        let kill_at = rng.below(LIFE);
+        let mut start = d
+            .command(&["start", &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker start");
+        let begin = Instant::now();
+        // Kill at the drawn point, or as soon after as the process exists.
+        let mut killed = Vec::new();
+        while killed.is_empty() && begin.elapsed() < LIFE * 3 {
+            if begin.elapsed() >= kill_at {
+                let monitors = test_infra::processes_of("kata-like", &["_monitor", &id]);
+                let pids = if kind == "monitor" {
+                    monitors
+                } else {
+                    monitors.iter().flat_map(|m| children_of(*m, kind)).collect()
+                };
+                for pid in &pids {
+                    // SAFETY: kill(2) on a process of this test's container.
+                    unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+                }
+                killed = pids;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = start.wait();
+        let what =
+            format!("{kind} {killed:?} killed {:.1} s into docker start of {name}", begin.elapsed().as_secs_f64());
+        // Docker must see the container end, then remove it as a user would.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let running = || {
+            String::from_utf8_lossy(&d.docker(&["inspect", "-f", "{{.State.Running}}", &name]).stdout).trim() == "true"
+        };
+        while running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if running() {
+            failures.push(format!("{what}: Docker still sees it running after 120 s"));
+        }
+        let removed = d.docker(&["rm", "-f", &name]);
+        let left = d.wait_clean(&id);
+        if !removed.status.success() {
+            failures.push(format!("{what}: docker rm -f: {}", String::from_utf8_lossy(&removed.stderr)));
+        }
+        if left.is_empty() {
+            eprintln!("{what}: nothing left");
+        } else {
+            eprintln!("{what}: LEAKED {left:?}");
+            failures.push(format!("{what}: {left:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}\n{}", d.log_tail());
 }
 
 /// Runs `script` as root in the guest of container `id` (outside the

@@ -147,6 +147,13 @@ fn claim(opts: &Options, args: &CreateArgs, id: &str, detached: bool) -> Result<
         }
         _ => {}
     }
+    if !has_network_namespace(&spec.spec) {
+        return Err(CoreError::Invalid(
+            "the spec shares the host's network namespace (e.g. --network host): a microVM has its own network \
+             stack and cannot join it; use a bridge network or --network none"
+                .into(),
+        ));
+    }
     let cgroups_path = pod::cgroups_path(&spec.spec);
     std::fs::create_dir_all(&opts.root)
         .map_err(|e| CoreError::Failed(format!("state root {}: {e}", opts.root.display())))?;
@@ -183,6 +190,14 @@ fn claim(opts: &Options, args: &CreateArgs, id: &str, detached: bool) -> Result<
         return Err(e);
     }
     Ok((record, spec))
+}
+
+/// Whether the spec has a `network` namespace entry (with or without a
+/// path); none means the host's.
+fn has_network_namespace(spec: &serde_json::Value) -> bool {
+    spec.pointer("/linux/namespaces")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|l| l.iter().any(|n| n.get("type").and_then(serde_json::Value::as_str) == Some("network")))
 }
 
 /// `create`: sets the container up in its VM without running its process
@@ -478,6 +493,14 @@ mod tests {
         args.console_socket = Some(dir.path().join("console.sock"));
         let err = create(&opts, "c1", &args).unwrap_err();
         assert!(err.to_string().contains("process.terminal is false"), "{err}");
+        args.console_socket = None;
+        let path = dir.path().join("config.json");
+        let mut host_net: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        host_net["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts"}]);
+        std::fs::write(&path, host_net.to_string()).expect("write");
+        let err = create(&opts, "c1", &args).unwrap_err();
+        assert!(err.to_string().contains("--network host"), "{err}");
         assert!(!opts.root.join("c1").exists());
         assert!(matches!(run(&opts, "../x", &at(dir.path()), false), Err(StandaloneError::Invalid(_))));
         assert!(delete(&opts, "c1", true).is_ok(), "runc's delete --force of a missing container succeeds");
