@@ -3,16 +3,12 @@
 //! to `--pid-file`) connects its stdio to the guest process, forwards the
 //! signals it gets to it, and ends the way it ended, like runc's exec.
 
-use std::io::{BufRead, BufReader};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::{json, Value};
 
 use super::monitor::{drain, Notify};
-use super::{console, link, signals, write_pid_file, CoreError, Options, State, TaskStatus, NOTIFY_FD_ENV};
+use super::{console, link, signals, spawn_reporting, write_pid_file, CoreError, Options, State, TaskStatus};
 use crate::sandbox::io::StdioPaths;
 
 /// `exec`'s flags (runc's).
@@ -164,42 +160,13 @@ pub fn exec(opts: &Options, id: &str, args: &ExecArgs) -> Result<u32, CoreError>
 /// Starts the exec's host process in the background; returns its PID once
 /// the guest process runs.
 fn spawn(opts: &Options, id: &str, exec_id: &str, console_socket: Option<&Path>) -> Result<u32, CoreError> {
-    let failed = |what: &str, e: std::io::Error| CoreError::Failed(format!("{what}: {e}"));
-    let console = console_socket.map(console::send_to).transpose().map_err(CoreError::Failed)?;
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("pipe", std::io::Error::from(e)))?;
     let mut command = opts.self_command()?;
-    command.arg("_exec").arg(id).arg(exec_id).env(NOTIFY_FD_ENV, write.as_raw_fd().to_string());
-    if let Some(console) = &console {
-        let fd = |what| console.slave.try_clone().map(Stdio::from).map_err(|e| failed(what, e));
-        command.stdin(fd("pty")?).stdout(fd("pty")?).stderr(fd("pty")?);
-    }
-    let write_fd = write.as_raw_fd();
-    let ctty = console.is_some();
-    // SAFETY: as for the container's monitor (mod.rs): async-signal-safe
-    // calls only.
-    unsafe {
-        command.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::fcntl(write_fd, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(|e| failed("starting the exec process", e))?;
-    drop(write);
-    drop(console);
-    let mut line = String::new();
-    let _ = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
-    let line = line.trim_end();
+    command.arg("_exec").arg(id).arg(exec_id);
+    let (mut child, line) = spawn_reporting(command, console_socket)?;
     if line == "ok" {
         return Ok(child.id());
     }
-    let status = child.wait().map_err(|e| failed("waiting for the exec process", e))?;
+    let status = child.wait().map_err(|e| CoreError::Failed(format!("waiting for the exec process: {e}")))?;
     match line.split_once(' ') {
         Some(("error", e)) => Err(CoreError::Failed(e.to_string())),
         _ => Err(CoreError::Failed(format!("the exec process exited ({status}) before it ran"))),

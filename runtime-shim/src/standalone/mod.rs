@@ -125,6 +125,8 @@ impl Drop for Cleanup<'_> {
 /// Checks a bundle and claims `id`: its directory and a `creating` record.
 fn claim(opts: &Options, args: &CreateArgs, id: &str, detached: bool) -> Result<(State, ContainerSpec), CoreError> {
     check_id(id)?;
+    // A bad configuration fails here, not in the background monitor.
+    crate::config::RuntimeConfig::load(opts.config.as_deref()).map_err(|e| CoreError::Invalid(e.to_string()))?;
     let bundle = std::fs::canonicalize(&args.bundle)
         .map_err(|e| CoreError::Invalid(format!("bundle {}: {e}", args.bundle.display())))?;
     let spec = ContainerSpec::read(&bundle)?;
@@ -234,26 +236,53 @@ fn spawn_monitor(opts: &Options, id: &str, args: &CreateArgs, start_now: bool) -
     let root = opts.root();
     let dir = root.dir(id);
     let mut cleanup = Cleanup { dir: &dir, armed: true };
-    let failed = |what: &str, e: std::io::Error| CoreError::Failed(format!("{what}: {e}"));
-    let console = args.console_socket.as_deref().map(console::send_to).transpose().map_err(CoreError::Failed)?;
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("pipe", std::io::Error::from(e)))?;
     let mut command = opts.self_command()?;
     command.arg("_monitor");
     if start_now {
         command.arg("--start");
     }
-    command.arg(id).env(NOTIFY_FD_ENV, write.as_raw_fd().to_string());
+    command.arg(id);
+    let (mut child, line) = spawn_reporting(command, args.console_socket.as_deref())?;
+    if line == "ok" {
+        if let Some(path) = &args.pid_file {
+            write_pid_file(path, child.id())?;
+        }
+        cleanup.armed = false;
+        // The monitor is reparented to our caller's subreaper when we exit.
+        return Ok(());
+    }
+    let status = child.wait().map_err(|e| CoreError::Failed(format!("waiting for the monitor: {e}")))?;
+    remove_container(opts, &root.load(id).unwrap_or(record));
+    match line.split_once(' ') {
+        Some(("error", e)) => Err(CoreError::Failed(e.to_string())),
+        _ => Err(CoreError::Failed(format!("the monitor exited ({status}) before the container was created"))),
+    }
+}
+
+/// Starts `command` (one of our background host processes) in its own
+/// session, with a notify pipe, and with `console_socket` a pty whose
+/// master goes to that socket and whose slave is the process's stdio and
+/// controlling terminal (so a resize reaches it as SIGWINCH). Returns the
+/// child and the line it reported: "ok", "error MESSAGE", or nothing when
+/// it died first.
+fn spawn_reporting(
+    mut command: Command,
+    console_socket: Option<&Path>,
+) -> Result<(std::process::Child, String), CoreError> {
+    let failed = |what: &str, e: std::io::Error| CoreError::Failed(format!("{what}: {e}"));
+    let console = console_socket.map(console::send_to).transpose().map_err(CoreError::Failed)?;
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed("pipe", std::io::Error::from(e)))?;
+    command.env(NOTIFY_FD_ENV, write.as_raw_fd().to_string());
     if let Some(console) = &console {
         let fd = |what| console.slave.try_clone().map(Stdio::from).map_err(|e| failed(what, e));
         command.stdin(fd("pty")?).stdout(fd("pty")?).stderr(fd("pty")?);
     }
     let write_fd = write.as_raw_fd();
     let ctty = console.is_some();
-    // SAFETY: setsid, ioctl and fcntl are async-signal-safe. The monitor
+    // SAFETY: setsid, ioctl and fcntl are async-signal-safe: the process
     // gets its own session (no terminal signals of the caller's), the pty
-    // (its stdin) as controlling terminal so a resize reaches it as
-    // SIGWINCH, and keeps the notify pipe open across exec.
+    // as controlling terminal, and keeps the notify pipe across exec.
     unsafe {
         command.pre_exec(move || {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
@@ -266,26 +295,12 @@ fn spawn_monitor(opts: &Options, id: &str, args: &CreateArgs, start_now: bool) -
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| failed("starting the monitor", e))?;
+    let child = command.spawn().map_err(|e| failed("starting a background process", e))?;
     drop(write);
     drop(console);
     let mut line = String::new();
     let _ = BufReader::new(std::fs::File::from(read)).read_line(&mut line);
-    let line = line.trim_end();
-    if line == "ok" {
-        if let Some(path) = &args.pid_file {
-            write_pid_file(path, child.id())?;
-        }
-        cleanup.armed = false;
-        // The monitor is reparented to our caller's subreaper when we exit.
-        return Ok(());
-    }
-    let status = child.wait().map_err(|e| failed("waiting for the monitor", e))?;
-    remove_container(opts, &root.load(id).unwrap_or(record));
-    match line.split_once(' ') {
-        Some(("error", e)) => Err(CoreError::Failed(e.to_string())),
-        _ => Err(CoreError::Failed(format!("the monitor exited ({status}) before the container was created"))),
-    }
+    Ok((child, line.trim_end().to_string()))
 }
 
 /// Writes `pid` to `path` atomically, as runc does (a reader never sees an
