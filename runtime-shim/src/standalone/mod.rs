@@ -149,7 +149,9 @@ fn claim(opts: &Options, args: &CreateArgs, id: &str, detached: bool) -> Result<
         }
         _ => {}
     }
-    if !has_network_namespace(&spec.spec) {
+    // (A namespace given by path, podman's, is in `netns`: the guest's copy
+    // of the spec no longer names it.)
+    if spec.netns.is_none() && !has_network_namespace(&spec.spec) {
         return Err(CoreError::Invalid(
             "the spec shares the host's network namespace (e.g. --network host): a microVM has its own network \
              stack and cannot join it; use a bridge network or --network none"
