@@ -363,9 +363,11 @@ fn host_changes_to_a_volume_are_seen_in_the_container() {
         pods.push(p.0.clone());
         // The second loop re-opens conf with the shell's `read` (no fork),
         // so its opens come faster than any attribute timeout: it ends
-        // only if an open sees the host's new contents.
+        // only if an open sees the host's new contents. (It waits for
+        // "two", not for "not one": a read racing the host's write can see
+        // a torn line, under runc too: "owo" was seen once.)
         let script = "read a < /v/conf; echo \"$a\" > /v/before; \
-                      while read b < /v/conf && [ \"$b\" = one ]; do :; done; echo \"$b\" > /v/after; \
+                      while read b < /v/conf && [ \"$b\" != two ]; do :; done; echo \"$b\" > /v/after; \
                       while [ ! -e /v/go ]; do sleep 0.1; done; cat /v/cm/key > /v/cm-after; sleep 600";
         let mut c = Cri::container_config("reader", &["sh", "-c", script]);
         c.mounts = vec![Cri::mount(v, "/v", false)];
