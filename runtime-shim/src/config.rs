@@ -73,6 +73,10 @@ pub struct RuntimeConfig {
     pub vm_templates: bool,
     /// Where VM templates are kept (default: `<state_root>/templates`).
     pub template_dir: Option<PathBuf>,
+    /// Give each VM a virtio-balloon with free page reporting, so memory
+    /// its guest frees goes back to the host; default true. The balloon
+    /// never asks the guest for memory (docs/design.md, "Template memory").
+    pub balloon: bool,
     /// Jail each VMM once its VM is built: own mount, network, IPC and UTS
     /// namespaces, a root holding only its own directory, no capabilities,
     /// running as `jail_uid`/`jail_gid` (docs/security.md). Needs root.
@@ -112,6 +116,7 @@ impl Default for RuntimeConfig {
             enable_annotations: Vec::new(),
             vm_templates: true,
             template_dir: None,
+            balloon: true,
             jail: true,
             jail_uid: DEFAULT_JAIL_ID,
             jail_gid: DEFAULT_JAIL_ID,

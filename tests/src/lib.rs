@@ -95,6 +95,7 @@ impl Artifacts {
             state_dir: None,
             shared: None,
             net: None,
+            balloon: true,
             cgroup: None,
             restore_from: None,
             confinement: kata_like_runtime::vm::Confinement::default_for_this_process(),

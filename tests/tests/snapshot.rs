@@ -80,6 +80,9 @@ fn a_snapshot_restores_mid_workload_five_times_over_each_vm_distinct() {
     sh(&vm, "mkfifo /tmp/tick && (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; read -t 1 x <> /tmp/tick; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/counter.pid");
     std::thread::sleep(Duration::from_millis(1500));
     let pid = sh(&vm, "cat /tmp/counter.pid");
+    // Data in the snapshot's memory (the guest's /tmp is in RAM) that one
+    // restored VM overwrites below.
+    let template_md5 = sh(&vm, "head -c 2097152 /dev/urandom > /tmp/template-data && md5sum < /tmp/template-data");
     let before = counter(&vm);
     assert!(before > 0, "the counter runs");
     let (ram, data) = vm.snapshot(&snapshot).expect("snapshot");
@@ -124,6 +127,46 @@ fn a_snapshot_restores_mid_workload_five_times_over_each_vm_distinct() {
     }
     let distinct: std::collections::BTreeSet<&String> = randoms.iter().collect();
     assert_eq!(distinct.len(), 5, "each restored VM has its own RNG state: {randoms:?}");
+
+    // The restored VMs share the memory file's pages copy-on-write: one
+    // overwrites the template's data and more of its RAM; the others, and
+    // the file, keep the template's bytes.
+    let file_sum = || {
+        let out = Command::new("sha256sum").arg(snapshot.join("memory")).output().expect("sha256sum");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+    };
+    let file_before = file_sum();
+    let scribbled = sh(
+        &vms[0].0,
+        "tr '\\000' Z < /dev/zero | head -c 2097152 | dd of=/tmp/template-data conv=notrunc 2>/dev/null; \
+         tr '\\000' Y < /dev/zero | head -c 4194304 > /tmp/fill; md5sum < /tmp/template-data",
+    );
+    assert_ne!(scribbled, template_md5, "the scribbling VM sees its own writes");
+    for (vm, _) in &vms[1..] {
+        assert_eq!(sh(vm, "md5sum < /tmp/template-data"), template_md5, "another VM sees the template's bytes");
+    }
+    assert_eq!(file_sum(), file_before, "the memory file is untouched");
+
+    // Free page reporting: memory a restored guest fills and frees goes
+    // back to the host (the balloon), and comes back when the guest needs
+    // it again.
+    let vm = &vms[1].0;
+    let pid = vm.vmm_pid().expect("the VMM's pid");
+    let private = || test_infra::bench::pss_of(pid).guest_private;
+    let fill = "head -c 25165824 /dev/zero > /tmp/balloon-fill && echo filled";
+    assert_eq!(sh(vm, fill), "filled");
+    let filled = private();
+    sh(vm, "rm /tmp/balloon-fill");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while private() + (16 << 10) > filled && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let freed = private();
+    eprintln!("guest RAM private to the VM: {filled} KiB filled, {freed} KiB after the guest freed 24 MiB");
+    assert!(freed + (16 << 10) <= filled, "freed guest memory went back: {filled} KiB -> {freed} KiB");
+    assert_eq!(sh(vm, fill), "filled", "the guest gets its memory back");
+    let log = std::fs::read_to_string(vm.state_dir().join("vmm.log")).unwrap_or_default();
+    assert!(!log.contains("balloon: a range not given back"), "{log}");
     drop(vms);
 
     // Damaged snapshots are refused before the guest runs.

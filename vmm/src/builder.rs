@@ -42,6 +42,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, SerialDevice};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::net::{Net, NetError, Tap, TapError};
@@ -262,8 +263,7 @@ impl Vmm {
 
         // 1. KVM, VM, fresh memory.
         let (kvm, vm) = create_vm()?;
-        let mem =
-            if needs_shared_memory(&config) { memory::create_shared(mem_size)? } else { memory::create(mem_size)? };
+        let mem = memory::create(mem_size)?;
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -320,16 +320,14 @@ impl Vmm {
         // 2. KVM, VM, the snapshot's memory. The memory file's checksum is
         //    computed on a thread of its own meanwhile, and waited for
         //    before the VM is handed over to run (step 6).
-        //    (A copy into shared RAM computes the checksum on its way.)
         let memory_file = dir.join(snapshot::MEMORY_FILE);
-        let shared = needs_shared_memory(&config);
         let crc32 = (!options.skip_snapshot_check).then_some(state.memory_crc32);
         if crc32.is_none() {
             tracing::warn!("the snapshot's memory file is not checked (--skip-snapshot-check)");
         }
-        let check = crc32.filter(|_| !shared).map(|crc32| snapshot::memory::spawn_check(&memory_file, crc32));
+        let check = crc32.map(|crc32| snapshot::memory::spawn_check(&memory_file, crc32));
         let (kvm, vm) = create_vm()?;
-        let mem = snapshot::memory::restore(&memory_file, mem_size, shared, crc32)?;
+        let mem = snapshot::memory::restore(&memory_file, mem_size)?;
         memory::register(&vm, &mem)?;
         step("VM and memory");
 
@@ -389,12 +387,6 @@ fn create_vm() -> Result<(Kvm, VmFd), BuildError> {
     Ok((kvm, vm))
 }
 
-/// Whether guest RAM must be shareable: vhost-user devices (virtio-fs)
-/// need RAM they can map, so it is then a memfd, shared.
-fn needs_shared_memory(config: &VmConfig) -> bool {
-    !config.fs.is_empty()
-}
-
 /// The in-kernel interrupt controllers (PIC, IO-APIC, LAPICs) and PIT.
 fn create_irqchip_and_pit(vm: &VmFd) -> Result<(), BuildError> {
     vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -451,17 +443,20 @@ struct Devices {
     serial: Arc<Mutex<SerialDevice>>,
     boot_timer: Arc<Mutex<BootTimer>>,
     /// Every virtio device's transport: vsock, then virtio-fs, then
-    /// virtio-net, in configuration order (the order a snapshot saves).
+    /// virtio-net, then the balloon, in configuration order (the order a
+    /// snapshot saves).
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     vsock: Option<Arc<Mutex<Vsock>>>,
     fs: Vec<Arc<Mutex<Fs>>>,
     net: Vec<Arc<Mutex<Net>>>,
+    balloon: Option<Arc<Mutex<Balloon>>>,
 }
 
 /// Puts COM1 (`serial`), the i8042, the boot timer and the configured
 /// virtio devices on the buses and into a new event loop. Each virtio
 /// device has a fixed MMIO slot (vsock 0, then virtio-fs, then
-/// virtio-net), so a restored VM's devices sit where the guest saw them.
+/// virtio-net, then the balloon), so a restored VM's devices sit where the
+/// guest saw them.
 fn attach_devices(
     config: &VmConfig,
     vm: &VmFd,
@@ -520,6 +515,25 @@ fn attach_devices(
         event_manager.add_subscriber(device.clone());
         net.push(device);
     }
+    let balloon = if config.balloon {
+        let interrupt = Arc::new(IrqTrigger::new(eventfd("virtio-balloon irqfd")?));
+        let device = Arc::new(Mutex::new(Balloon::new(interrupt.clone()).map_err(io_err("balloon eventfds"))?));
+        let slot = 1 + (crate::config::MAX_FS_DEVICES + crate::config::MAX_NET_DEVICES) as u32;
+        transports.push(attach_virtio(vm, mem, &mut mmio, cmdline, slot, device.clone(), interrupt)?);
+        event_manager.add_subscriber(device.clone());
+        // Report free blocks of 512 KiB and up: the guest only reports while
+        // 32 blocks of this order are free above its low watermark (guest
+        // kernel patch 0009 lets the command line set it).
+        cmdline
+            .insert(
+                "page_reporting.page_reporting_order",
+                &crate::devices::virtio::balloon::REPORTING_ORDER.to_string(),
+            )
+            .map_err(boot::BootError::Cmdline)?;
+        Some(device)
+    } else {
+        None
+    };
     Ok(Devices {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -532,6 +546,7 @@ fn attach_devices(
         vsock,
         fs,
         net,
+        balloon,
     })
 }
 
@@ -591,7 +606,8 @@ fn into_vmm(
     ctx: VcpuContext,
     devices: Devices,
 ) -> Result<Vmm, BuildError> {
-    let Devices { mut event_manager, exit, reset_evt, serial, boot_timer, transports, vsock, fs, net, .. } = devices;
+    let Devices { mut event_manager, exit, reset_evt, serial, boot_timer, transports, vsock, fs, net, balloon, .. } =
+        devices;
     let control = Arc::new(Mutex::new(VmmControl::new(exit.clone(), reset_evt).map_err(io_err("signal handling"))?));
     event_manager.add_subscriber(control.clone());
     let vm = Arc::new(vm);
@@ -614,6 +630,7 @@ fn into_vmm(
         vsock,
         fs,
         net,
+        balloon,
         sampler: ctx.sampler,
         boot_timer,
     })

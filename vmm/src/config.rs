@@ -110,6 +110,10 @@ pub struct VmConfig {
     /// virtio-net devices.
     #[serde(default)]
     pub net: Vec<NetConfig>,
+    /// A virtio-balloon for free page reporting: memory the guest frees
+    /// goes back to the host.
+    #[serde(default)]
+    pub balloon: bool,
     /// CPUID template.
     #[serde(default)]
     pub cpu_template: CpuTemplate,
@@ -158,6 +162,7 @@ impl VmConfig {
             vsock: None,
             fs: Vec::new(),
             net: Vec::new(),
+            balloon: false,
             cpu_template: CpuTemplate::default(),
             serial: SerialOutput::default(),
             serial_limit_bytes: default_serial_limit(),

@@ -48,6 +48,7 @@ fn vm_config(args: &VmmArgs) -> Result<VmConfig, String> {
     }
     config.fs.extend(args.fs.iter().cloned());
     config.net.extend(args.net.iter().cloned());
+    config.balloon |= args.balloon;
     if let Some(template) = args.cpu_template {
         config.cpu_template = template;
     }

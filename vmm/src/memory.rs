@@ -8,11 +8,10 @@
 //! the guest only reads stay shared in the page cache between VMs. This is
 //! what keeps VMM start → first guest instruction within a few milliseconds.
 //!
-//! A VM with a vhost-user device (virtio-fs) shares its RAM with another
-//! process, so RAM is then a memfd mapped MAP_SHARED ([`create_shared`]),
-//! and boot files are *copied* into it: a private overlay would hide the
-//! pages from virtiofsd, which would then read and write different memory
-//! than the guest for any I/O buffer placed in kernel data or the initrd.
+//! No other process maps guest RAM: virtiofsd serves shadow rings of its
+//! own (`devices::virtio::fs::shadow`), so RAM stays private to the VMM
+//! whatever devices the VM has, and a restored VM maps its snapshot's
+//! memory file copy-on-write (`snapshot::memory`).
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -60,33 +59,38 @@ pub fn ranges(size: u64) -> Vec<(GuestAddress, usize)> {
     ranges
 }
 
+/// What guest RAM is called in the VMM's /proc/PID/smaps
+/// (`[anon:kata-like-guest-ram]`), so host memory can be accounted to it
+/// (bench_cri, docs/benchmarks.md).
+const RAM_NAME: &std::ffi::CStr = c"kata-like-guest-ram";
+
 /// Maps `size` bytes of guest RAM.
 pub fn create(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ranges(size))
-        .map_err(|e| MemoryError::Allocate { mib: size >> 20, reason: e.to_string() })
+    let mem = GuestMemoryMmap::from_ranges(&ranges(size))
+        .map_err(|e| MemoryError::Allocate { mib: size >> 20, reason: e.to_string() })?;
+    for region in mem.iter() {
+        if let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) {
+            name_guest_ram(host, region.len() as usize);
+        }
+    }
+    Ok(mem)
 }
 
-/// Maps `size` bytes of guest RAM backed by one memfd, MAP_SHARED, so the
-/// regions can be handed to a vhost-user backend by file descriptor.
-pub fn create_shared(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    use vm_memory::FileOffset;
-    let fail = |reason: String| MemoryError::Allocate { mib: size >> 20, reason };
-    let memfd = nix::sys::memfd::memfd_create(c"kata-like-guest-ram", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(|e| fail(format!("memfd_create: {e}")))?;
-    let file = std::fs::File::from(memfd);
-    let layout = ranges(size);
-    let total: u64 = layout.iter().map(|(_, len)| *len as u64).sum();
-    file.set_len(total).map_err(|e| fail(format!("memfd size: {e}")))?;
-    let mut offset = 0u64;
-    let regions: Vec<_> = layout
-        .into_iter()
-        .map(|(addr, len)| {
-            let region = (addr, len, Some(FileOffset::new(file.try_clone().map_err(|e| fail(e.to_string()))?, offset)));
-            offset += len as u64;
-            Ok(region)
-        })
-        .collect::<Result<_, MemoryError>>()?;
-    GuestMemoryMmap::from_ranges_with_files(regions).map_err(|e| fail(e.to_string()))
+/// Labels the anonymous mapping [host, host + len) as guest RAM in smaps.
+pub fn name_guest_ram(host: *mut u8, len: usize) {
+    // SAFETY: PR_SET_VMA_ANON_NAME only labels the caller's own mapping of
+    // `len` bytes at `host` (the kernel checks it is mapped); the name is
+    // copied by the kernel. Kernels without CONFIG_ANON_VMA_NAME refuse it:
+    // the label is only for accounting, so that is ignored.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_VMA,
+            libc::PR_SET_VMA_ANON_NAME as libc::c_ulong,
+            host as libc::c_ulong,
+            len as libc::c_ulong,
+            RAM_NAME.as_ptr(),
+        );
+    }
 }
 
 /// Registers every region with KVM, one slot each.
@@ -150,10 +154,6 @@ pub fn map_file(
     if start + map_len > region_end {
         return Err(fail("runs past the end of guest RAM".into()));
     }
-    if region.file_offset().is_some() {
-        // Shared (memfd) RAM: copy, see the module documentation.
-        return copy_file(mem, file, offset, addr, len).map_err(|e| fail(e.to_string()));
-    }
     let host = mem.get_host_address(GuestAddress(start)).map_err(|e| fail(e.to_string()))?;
     let file_offset = libc::off_t::try_from(offset - head).map_err(|_| fail("offset too large".into()))?;
     // SAFETY: [host, host + map_len) lies inside a mapping owned by `mem`
@@ -183,16 +183,6 @@ pub fn map_file(
     Ok(())
 }
 
-/// Reads `len` bytes of `file` at `offset` into guest RAM at `addr`.
-fn copy_file(mem: &GuestMemoryMmap, file: &std::fs::File, offset: u64, addr: u64, len: u64) -> std::io::Result<()> {
-    use std::io::{Seek, SeekFrom};
-    use vm_memory::Bytes;
-    let mut file = file.try_clone()?;
-    file.seek(SeekFrom::Start(offset))?;
-    let len = usize::try_from(len).map_err(std::io::Error::other)?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, len).map_err(std::io::Error::other)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,27 +206,6 @@ mod tests {
         mem.write_obj(0xaau8, GuestAddress(addr)).expect("guest write");
         let on_disk = std::fs::read(file.path()).expect("read back");
         assert_eq!(on_disk[offset as usize], data[offset as usize], "the file is untouched");
-    }
-
-    #[test]
-    fn shared_memory_is_a_memfd_and_boot_files_are_copied_into_it() {
-        use std::io::Write;
-        use vm_memory::Bytes;
-        let mem = create_shared(16 << 20).expect("memory");
-        assert!(mem.iter().all(|r| r.file_offset().is_some()), "every region is file-backed");
-        let mut file = tempfile::NamedTempFile::new().expect("tmp");
-        let data: Vec<u8> = (0..2 * PAGE_SIZE as usize).map(|i| (i % 13) as u8 + 1).collect();
-        file.write_all(&data).expect("write");
-        map_file(&mem, file.as_file(), 16, 0x10_0000 + 16, PAGE_SIZE).expect("copy");
-        let mut got = vec![0u8; PAGE_SIZE as usize];
-        mem.read_slice(&mut got, GuestAddress(0x10_0000 + 16)).expect("read");
-        assert_eq!(got, &data[16..16 + PAGE_SIZE as usize]);
-        // What the guest sees is in the memfd, where virtiofsd would see it.
-        let region = mem.find_region(GuestAddress(0)).expect("region");
-        let fo = region.file_offset().expect("memfd");
-        let mut from_fd = vec![0u8; 8];
-        std::os::unix::fs::FileExt::read_exact_at(fo.file(), &mut from_fd, 0x10_0000 + 16).expect("pread");
-        assert_eq!(from_fd, &data[16..24]);
     }
 
     #[test]

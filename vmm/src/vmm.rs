@@ -18,6 +18,7 @@ use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::bus::lock;
 use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::Vsock;
@@ -138,6 +139,7 @@ pub struct Vmm {
     pub(crate) vsock: Option<Arc<Mutex<Vsock>>>,
     pub(crate) fs: Vec<Arc<Mutex<Fs>>>,
     pub(crate) net: Vec<Arc<Mutex<Net>>>,
+    pub(crate) balloon: Option<Arc<Mutex<Balloon>>>,
     pub(crate) sampler: Option<Arc<RipSampler>>,
     pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
 }
@@ -240,6 +242,9 @@ impl Vmm {
         }
         for net in &self.net {
             tracing::info!(metrics = %lock(net).metrics().summary(), "virtio-net");
+        }
+        if let Some(balloon) = &self.balloon {
+            tracing::info!(metrics = %lock(balloon).metrics().summary(), "virtio-balloon");
         }
         if let (Some(sampler), Some((path, _))) = (&self.sampler, &self.options.profile_rip) {
             let symbols = KernelSymbols::for_kernel(&self.config.kernel);

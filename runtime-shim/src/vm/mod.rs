@@ -615,6 +615,7 @@ mod tests {
             state_dir: None,
             shared: None,
             net: None,
+            balloon: true,
             cgroup: None,
             restore_from: None,
             confinement: Confinement::default_for_this_process(),

@@ -40,6 +40,9 @@ pub struct VmSpec {
     pub shared: Option<super::virtiofsd::SharedFs>,
     /// A NIC on an open tap (pod networking).
     pub net: Option<NetDevice>,
+    /// A virtio-balloon with free page reporting (a cold boot's device; a
+    /// restored VM has its snapshot's).
+    pub balloon: bool,
     /// The host cgroup the VMM and virtiofsd join (the spec's
     /// `cgroupsPath`); removed when the VM is gone.
     pub cgroup: Option<std::sync::Arc<super::cgroup::HostCgroup>>,
@@ -145,6 +148,7 @@ impl VmSpec {
                 extra_args: config.virtiofsd_args.clone(),
             }),
             net: None,
+            balloon: config.balloon,
             cgroup: None,
             restore_from: None,
             confinement: Confinement::for_config(config),
@@ -184,6 +188,7 @@ impl VmSpec {
                 args.vcpus = Some(self.vcpus);
                 args.memory_mib = Some(self.memory_mib);
                 args.append = self.extra_cmdline.clone();
+                args.balloon = self.balloon;
             }
         }
         args.vsock_uds = Some(ends.vsock.clone());

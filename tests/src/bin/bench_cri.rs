@@ -15,10 +15,17 @@
 //! `cargo run --release -p kata-like-tests --bin bench_cri -- [ROUNDS] [CONCURRENT]`
 //! (defaults 3 and 10; needs root, /dev/kvm and scripts/setup.sh's
 //! artefacts).
+//!
+//! `… bench_cri -- density [COUNTS…]` (default 1 10 20): density instead.
+//! Idle pods (one `sleep` container each) are added until there are COUNT
+//! of them, runc's and then kata-like's from the template, and the host
+//! PSS of all their processes is read after they settle: per pod, and for
+//! kata-like split into shim, VMM (of it guest RAM, and of that the pages
+//! the guest has to itself) and virtiofsd, with one guest's own view.
 
 use std::time::Instant;
 
-use test_infra::bench::{median, percentile, pss};
+use test_infra::bench::{median, percentile, pss, pss_of, Pss};
 use test_infra::containerd::COLD_HANDLER;
 use test_infra::cri::{Cri, HANDLER};
 
@@ -91,11 +98,107 @@ fn guest_meminfo(cri: &Cri, container: &str) -> String {
     }
 }
 
+/// `root` and all its descendants.
+fn process_tree(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The fields after the command name, which is in parentheses.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(pid, _)| *pid));
+        i += 1;
+    }
+    tree
+}
+
+/// Host PSS of the pods of this containerd by handler: (runc's shims with
+/// their pause and container processes; kata-like's shims, VMMs,
+/// virtiofsd), and the number of runc shims and of VMMs.
+fn density_pss(cri: &Cri) -> (Pss, [Pss; 3], usize, usize) {
+    let sum = |pids: Vec<u32>| pids.into_iter().map(pss_of).fold(Pss::default(), |a, b| a + b);
+    let socket = cri.containerd.socket().display().to_string();
+    let runc_shims = test_infra::processes_of("containerd-shim-runc-v2", &[&socket]);
+    let runc_count = runc_shims.len();
+    let runc = sum(runc_shims.into_iter().flat_map(process_tree).collect());
+    let dir = cri.containerd.kata_state.parent().unwrap_or(&cri.containerd.kata_state).display().to_string();
+    let vmms = test_infra::processes_of("kata-like-vmm", &[&dir]);
+    let vmm_count = vmms.len();
+    let kata = [
+        sum(test_infra::processes_of("containerd-shim-kata-like-v2", &[&dir])),
+        sum(vmms),
+        sum(test_infra::processes_of("virtiofsd", &[&dir])),
+    ];
+    (runc, kata, runc_count, vmm_count)
+}
+
+/// The density table: idle pods added up to each of `counts`.
+fn density(cri: &Cri, counts: &[usize]) {
+    const SETTLE: std::time::Duration = std::time::Duration::from_secs(20);
+    println!(
+        "\nhost PSS per idle pod (one `sleep` container each), MiB; kata-like pods restored from the pod template\n\n\
+         | pods | runc, per pod | kata-like, per pod | kata-like / runc | shim | VMM | of it guest RAM | of that private to the guest | virtiofsd | kata-like USS per pod |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut rows = Vec::new();
+    for handler in ["runc", HANDLER] {
+        let mut pods = Vec::new();
+        for &count in counts {
+            while pods.len() < count {
+                let (_, w, pod, container) = start_pod(cri, handler, &format!("dense-{handler}-{}", pods.len()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                eprintln!("{handler} pod {} started in {w:.1} s", pods.len() + 1);
+                pods.push((pod, container));
+            }
+            std::thread::sleep(SETTLE);
+            let (runc, kata, runc_count, vmm_count) = density_pss(cri);
+            if handler == "runc" {
+                assert_eq!(runc_count, count, "runc shims");
+                rows.push((count, mib(runc.all) / count as f64, [Pss::default(); 3]));
+            } else {
+                assert_eq!(vmm_count, count, "kata-like VMMs");
+                if let Some(row) = rows.iter_mut().find(|r| r.0 == count) {
+                    row.2 = kata;
+                }
+                eprintln!("guest memory with {count} pods (kB): {}", guest_meminfo(cri, &pods[0].1));
+            }
+        }
+        for (pod, _) in pods {
+            cri.remove_pod(&pod).unwrap_or_else(|e| panic!("remove {pod}: {e}"));
+        }
+    }
+    for (count, runc, [shim, vmm, fsd]) in rows {
+        let per = |kib: u64| mib(kib) / count as f64;
+        let kata = per(shim.all + vmm.all + fsd.all);
+        println!(
+            "| {count} | {runc:.1} | {kata:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            kata / runc,
+            per(shim.all),
+            per(vmm.all),
+            per(vmm.guest + fsd.guest),
+            per(vmm.guest_private),
+            per(fsd.all),
+            per(shim.uss + vmm.uss + fsd.uss)
+        );
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 fn main() {
+    let density_mode = std::env::args().nth(1).as_deref() == Some("density");
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rounds = args.first().copied().unwrap_or(3);
     let concurrent = args.get(1).copied().unwrap_or(10);
@@ -108,6 +211,13 @@ fn main() {
     let (s, _, pod, _) = start_pod(&cri, HANDLER, "bench-warmup").unwrap_or_else(|e| panic!("{e}"));
     eprintln!("warm-up pod (builds the pod template if there is none): {s:.1} s");
     cri.remove_pod(&pod).unwrap_or_else(|e| panic!("remove {pod}: {e}"));
+    if density_mode {
+        let counts = if args.is_empty() { vec![1, 10, 20] } else { args };
+        density(&cri, &counts);
+        let left = cri.containerd.wait_clean(std::time::Duration::from_secs(60));
+        assert!(left.is_empty(), "leftovers: {left:#?}");
+        return;
+    }
     let handlers = ["runc", HANDLER, COLD_HANDLER];
     let mut sandbox: [Vec<f64>; 3] = Default::default();
     let mut with_container: [Vec<f64>; 3] = Default::default();

@@ -63,6 +63,10 @@ pub struct VmmArgs {
     /// opened by the parent, fd=N,mac=MAC[,mtu=N] (repeatable).
     #[arg(long = "net")]
     pub net: Vec<NetConfig>,
+    /// Add a virtio-balloon for free page reporting (memory the guest frees
+    /// goes back to the host). A restored VM has its snapshot's devices.
+    #[arg(long, conflicts_with = "restore")]
+    pub balloon: bool,
     /// CPUID template: conservative (nested/PVM-safe, default) or host.
     #[arg(long)]
     pub cpu_template: Option<CpuTemplate>,
@@ -195,6 +199,9 @@ impl VmmArgs {
         }
         if self.log_level != DEFAULT_LOG_LEVEL {
             flag("log-level", OsStr::new(&self.log_level));
+        }
+        if self.balloon {
+            argv.push("--balloon".into());
         }
         if self.skip_snapshot_check {
             argv.push("--skip-snapshot-check".into());

@@ -236,6 +236,8 @@ pub fn rules(kind: ThreadKind) -> Rules {
             allow(&mut rules, DEVICE_IO);
             allow(&mut rules, VMM_ONLY);
             allow_arg_in(&mut rules, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
+            // The balloon labels the guest RAM it gives back (smaps).
+            allow_arg_in(&mut rules, libc::SYS_prctl, 0, &[libc::PR_SET_VMA as u64]);
             allow_arg_in(&mut rules, libc::SYS_ioctl, 1, &vmm_ioctls());
         }
     }
@@ -263,6 +265,7 @@ pub fn describe(kind: ThreadKind) -> Vec<String> {
         ThreadKind::Vmm => {
             names.push("socket(AF_UNIX)".into());
             names.push(format!("ioctl({} KVM VM and socket requests)", vmm_ioctls().len()));
+            names.push("prctl(PR_SET_VMA: labels guest RAM the balloon gave back)".into());
         }
     }
     names

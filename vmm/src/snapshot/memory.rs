@@ -7,25 +7,23 @@
 //! page, allocating nothing); residency (mincore) is not a usable filter,
 //! because boot files are private *file* mappings in guest RAM whose pages
 //! the guest has not read yet are not resident either, yet hold the kernel
-//! and initramfs. Memfd-backed RAM (shared with virtiofsd) is only read
-//! where the memfd has data (SEEK_DATA), as reading a hole would allocate.
+//! and initramfs.
 //!
-//! Restoring either maps the file MAP_PRIVATE over guest RAM (no copy; many
-//! VMs share the page cache, and a guest write copies one page), or, for a
-//! VM whose RAM must be shared with a vhost-user backend, copies the file's
-//! data extents (SEEK_DATA/SEEK_HOLE) into a fresh memfd: virtiofsd maps
-//! that memfd, and a private file mapping would hide the guest's writes
-//! from it.
+//! Restoring maps the file MAP_PRIVATE over guest RAM: no copy, every VM
+//! restored from one template shares the file's pages in the host page
+//! cache, and a guest write copies that one page into the VM's own memory
+//! (the VMM's anonymous memory: nothing reaches the file or another VM).
+//! Until 2026-12 a VM with virtio-fs copied the file into a memfd shared
+//! with virtiofsd instead; virtiofsd now serves shadow rings and never
+//! sees guest RAM (`devices::virtio::fs::shadow`).
 //!
 //! The checksum [`dump`] stored is recomputed from the file, 1 MiB per
 //! read, the two halves of the data on two threads with their CRCs
-//! combined. A copy computes it on its way (the pages are in hand); a
-//! private mapping is checked on a thread of its own ([`spawn_check`])
-//! while the rest of the VM is restored. Either way the restore has the
-//! result before it hands the VM over to run, so a damaged file is refused
-//! before any guest instruction runs on it. (It used to be one 4 KiB
-//! `pread` per page in the restore's own path: about 13 ms of a 23.5 ms
-//! restore here.)
+//! combined, on a thread of its own ([`spawn_check`]) while the rest of the
+//! VM is restored. The restore has the result before it hands the VM over
+//! to run, so a damaged file is refused before any guest instruction runs
+//! on it. (It used to be one 4 KiB `pread` per page in the restore's own
+//! path: about 13 ms of a 23.5 ms restore here.)
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -77,19 +75,9 @@ pub fn dump(mem: &GuestMemoryMmap, path: &Path) -> Result<DumpStats, SnapshotErr
     let mut stats = DumpStats { ram_bytes, data_bytes: 0, crc32: 0 };
     let mut hasher = crc32fast::Hasher::new();
     let mut page = vec![0u8; PAGE];
-    for (region, (start, len, file_offset)) in mem.iter().zip(regions) {
-        // The page ranges (offsets in the region) worth reading.
-        let ranges = match region.file_offset() {
-            Some(backing) => {
-                let base = backing.start();
-                data_extents(backing.file(), base, base + len as u64)
-                    .map_err(|e| SnapshotError::State(format!("guest RAM extents: {e}")))?
-                    .into_iter()
-                    .map(|(at, n)| (at - base, n))
-                    .collect()
-            }
-            None => vec![(0, len as u64)],
-        };
+    for (start, len, file_offset) in regions {
+        // Every page is read: see the module documentation.
+        let ranges = [(0u64, len as u64)];
         for (range_start, range_len) in ranges {
             let first = range_start - range_start % PAGE as u64;
             let mut at = first;
@@ -151,36 +139,9 @@ fn data_ranges(file: &File, path: &Path, size: u64) -> Result<Vec<(u64, u64)>, S
         .collect())
 }
 
-/// Guest RAM a restore copies the memory file into, with its layout.
-struct CopyInto<'a> {
-    mem: &'a GuestMemoryMmap,
-    regions: &'a [(GuestAddress, usize, u64)],
-}
-
-impl CopyInto<'_> {
-    /// Writes `page`, found at file offset `offset`, into guest RAM.
-    fn write(&self, path: &Path, offset: u64, page: &[u8]) -> Result<(), SnapshotError> {
-        let bad = |why: String| SnapshotError::Invalid { path: path.to_path_buf(), why };
-        // Regions are page-aligned, so a page lies within one.
-        let Some(&(start, _, region_offset)) =
-            self.regions.iter().find(|(_, len, roff)| offset >= *roff && offset < roff + *len as u64)
-        else {
-            return Err(bad(format!("data at offset {offset:#x} is outside guest RAM")));
-        };
-        self.mem
-            .write_slice(page, start.unchecked_add(offset - region_offset))
-            .map_err(|e| bad(format!("writing guest RAM: {e}")))
-    }
-}
-
-/// Hashes the non-zero pages of `ranges` as [`dump`] does (and copies each
-/// into `copy`, if given), reading `CHUNK` bytes at a time.
-fn hash_ranges(
-    file: &File,
-    path: &Path,
-    ranges: &[(u64, u64)],
-    copy: Option<&CopyInto>,
-) -> Result<crc32fast::Hasher, SnapshotError> {
+/// Hashes the non-zero pages of `ranges` as [`dump`] does, reading
+/// `CHUNK` bytes at a time.
+fn hash_ranges(file: &File, path: &Path, ranges: &[(u64, u64)]) -> Result<crc32fast::Hasher, SnapshotError> {
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
     for &(mut at, end) in ranges {
@@ -191,9 +152,6 @@ fn hash_ranges(
                 if page.iter().any(|&b| b != 0) {
                     let offset = at + (i * PAGE) as u64;
                     hash_page(&mut hasher, offset, page);
-                    if let Some(copy) = copy {
-                        copy.write(path, offset, page)?;
-                    }
                 }
             }
             at += n as u64;
@@ -202,13 +160,13 @@ fn hash_ranges(
     Ok(hasher)
 }
 
-/// The checksum [`dump`] computes, recomputed from the memory file (and
-/// the data copied into `copy`, if given): every non-zero page of its data
+/// The checksum [`dump`] computes, recomputed from the memory file: every
+/// non-zero page of its data
 /// extents, in file order (a file system may report a few zero bytes
 /// around the pages written as data; zero pages were never written). The
 /// two halves of the data are done on two threads and their CRCs combined
 /// (the CRC32 of a concatenation).
-fn file_checksum(file: &File, path: &Path, size: u64, copy: Option<&CopyInto>) -> Result<u32, SnapshotError> {
+fn file_checksum(file: &File, path: &Path, size: u64) -> Result<u32, SnapshotError> {
     let ranges = data_ranges(file, path, size)?;
     let total: u64 = ranges.iter().map(|(a, b)| b - a).sum();
     // Split at the page boundary nearest half the data.
@@ -228,13 +186,13 @@ fn file_checksum(file: &File, path: &Path, size: u64, copy: Option<&CopyInto>) -
     let (head, tail) = std::thread::scope(|scope| {
         let tail = std::thread::Builder::new()
             .name("snapshot-check2".into())
-            .spawn_scoped(scope, || hash_ranges(file, path, &second, copy));
-        let head = hash_ranges(file, path, &first, copy);
+            .spawn_scoped(scope, || hash_ranges(file, path, &second));
+        let head = hash_ranges(file, path, &first);
         let tail = match tail {
             Ok(thread) => thread
                 .join()
                 .unwrap_or_else(|_| Err(SnapshotError::State("the snapshot checksum thread panicked".into()))),
-            Err(_) => hash_ranges(file, path, &second, copy),
+            Err(_) => hash_ranges(file, path, &second),
         };
         (head, tail)
     });
@@ -249,7 +207,7 @@ fn file_checksum(file: &File, path: &Path, size: u64, copy: Option<&CopyInto>) -
 pub fn check(path: &Path, crc32: u32) -> Result<(), SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let size = file.metadata().map_err(SnapshotError::io(path))?.len();
-    compare(path, crc32, file_checksum(&file, path, size, None)?)
+    compare(path, crc32, file_checksum(&file, path, size)?)
 }
 
 /// A checksum recomputed from the memory file against the state's.
@@ -284,7 +242,7 @@ impl PendingCheck {
 /// [`check`] on a thread of its own. The restore waits for it before any
 /// vCPU runs, so no guest instruction ever executes on unchecked memory,
 /// while the check overlaps with building the VM (KVM, devices, vCPU
-/// state) and, for shared RAM, with copying the file into it.
+/// state).
 pub fn spawn_check(path: &Path, crc32: u32) -> PendingCheck {
     let owned = path.to_path_buf();
     match std::thread::Builder::new().name("snapshot-check".into()).spawn(move || check(&owned, crc32)) {
@@ -293,11 +251,9 @@ pub fn spawn_check(path: &Path, crc32: u32) -> PendingCheck {
     }
 }
 
-/// Guest RAM of `size` bytes restored from the memory file at `path`:
-/// mapped private, or copied into a memfd when `shared`. A copy is checked
-/// against `crc32` (None: not checked) on its way, the pages being in hand;
-/// a private mapping is checked apart ([`spawn_check`]).
-pub fn restore(path: &Path, size: u64, shared: bool, crc32: Option<u32>) -> Result<GuestMemoryMmap, SnapshotError> {
+/// Guest RAM of `size` bytes restored from the memory file at `path`,
+/// mapped private (checked apart, [`spawn_check`]).
+pub fn restore(path: &Path, size: u64) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = File::open(path).map_err(SnapshotError::io(path))?;
     let file_len = file.metadata().map_err(SnapshotError::io(path))?.len();
     if file_len != size {
@@ -307,17 +263,8 @@ pub fn restore(path: &Path, size: u64, shared: bool, crc32: Option<u32>) -> Resu
         });
     }
     let bad = |why: String| SnapshotError::Invalid { path: path.to_path_buf(), why };
-    let mem = if shared { crate::memory::create_shared(size) } else { crate::memory::create(size) }
-        .map_err(|e| bad(e.to_string()))?;
-    let regions = layout(&mem);
-    if shared {
-        let computed = file_checksum(&file, path, size, Some(&CopyInto { mem: &mem, regions: &regions }))?;
-        if let Some(stored) = crc32 {
-            compare(path, stored, computed)?;
-        }
-        return Ok(mem);
-    }
-    for &(start, len, offset) in &regions {
+    let mem = crate::memory::create(size).map_err(|e| bad(e.to_string()))?;
+    for &(start, len, offset) in &layout(&mem) {
         crate::memory::map_file(&mem, &file, offset, start.0, len as u64).map_err(|e| bad(e.to_string()))?;
     }
     Ok(mem)
@@ -343,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn dump_is_sparse_and_both_restores_give_the_same_ram() {
+    fn dump_is_sparse_and_restores_share_the_file_copy_on_write() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("memory");
         let mem = crate::memory::create(16 << 20).expect("mem");
@@ -362,15 +309,20 @@ mod tests {
         );
 
         check(&path, stats.crc32).expect("the checksum of an intact file");
-        let private = restore(&path, 16 << 20, false, Some(stats.crc32)).expect("private restore");
-        check_ram(&private);
-        assert_eq!(private.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a, "the boot file page");
-        // A guest write stays in this VM: the file and other restores keep
-        // the snapshot's bytes.
-        private.write_obj(0u32, GuestAddress(0x1000)).expect("write");
-        let shared = restore(&path, 16 << 20, true, Some(stats.crc32)).expect("shared restore");
-        check_ram(&shared);
-        assert!(shared.iter().all(|r| r.file_offset().is_some()), "memfd-backed");
+        let first = restore(&path, 16 << 20).expect("restore");
+        let second = restore(&path, 16 << 20).expect("restore");
+        check_ram(&first);
+        assert_eq!(first.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a, "the boot file page");
+        // A guest that writes every page of its RAM gets private copies:
+        // the file and the other VM keep the snapshot's bytes.
+        let pattern = vec![0xc3u8; 16 << 20];
+        first.write_slice(&pattern, GuestAddress(0)).expect("write all of RAM");
+        check_ram(&second);
+        assert_eq!(second.read_obj::<u8>(GuestAddress(0x30_0fff)).expect("read"), 0x5a);
+        check(&path, stats.crc32).expect("the file is untouched");
+        check_ram(&restore(&path, 16 << 20).expect("a third restore"));
+        drop(first);
+        check_ram(&second);
 
         // One flipped byte in a data page is caught, on the check's thread.
         let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
@@ -385,26 +337,11 @@ mod tests {
     }
 
     #[test]
-    fn shared_ram_is_dumped_from_its_memfd_extents() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let path = dir.path().join("memory");
-        let mem = crate::memory::create_shared(16 << 20).expect("mem");
-        fill(&mem);
-        let stats = dump(&mem, &path).expect("dump");
-        assert_eq!(stats.data_bytes, 4 * PAGE as u64);
-        check(&path, stats.crc32).expect("checksum");
-        check_ram(&restore(&path, 16 << 20, true, Some(stats.crc32)).expect("restore"));
-        // The copy compares the checksum it computed on its way.
-        let err = restore(&path, 16 << 20, true, Some(stats.crc32 ^ 1)).map(|_| ()).expect_err("refused");
-        assert!(err.to_string().contains("checksum mismatch"), "{err}");
-    }
-
-    #[test]
     fn a_memory_file_of_the_wrong_size_is_refused() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("memory");
         std::fs::write(&path, vec![1u8; PAGE]).expect("write");
-        let err = restore(&path, 16 << 20, false, Some(0)).map(|_| ()).expect_err("refused").to_string();
+        let err = restore(&path, 16 << 20).map(|_| ()).expect_err("refused").to_string();
         assert!(err.contains("4096 bytes; the state says guest RAM is 16777216"), "{err}");
     }
 }

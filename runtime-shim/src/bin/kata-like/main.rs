@@ -203,6 +203,7 @@ fn exec(args: ExecArgs) -> anyhow::Result<ExitCode> {
         state_dir: None,
         shared: None,
         net: None,
+        balloon: true,
         cgroup: None,
         restore_from: None,
         confinement: kata_like_runtime::vm::Confinement::default_for_this_process(),

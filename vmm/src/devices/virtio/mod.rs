@@ -6,11 +6,13 @@
 //!   vsock backend.
 //! * [`fs`]: virtio-fs, a vhost-user frontend to virtiofsd.
 //! * [`net`]: virtio-net on a tap device.
+//! * [`balloon`]: virtio-balloon, for free page reporting.
 //!
 //! Queues are `virtio_queue::Queue`; guest kicks arrive on ioeventfds and
 //! interrupts leave through irqfds, so the vCPU threads only see register
 //! accesses and the devices run on the VMM thread's event loop.
 
+pub mod balloon;
 pub mod fs;
 pub mod mmio;
 pub mod net;

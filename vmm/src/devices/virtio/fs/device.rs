@@ -1,18 +1,23 @@
-//! The virtio-fs device: guest-facing registers here, file system work in
-//! virtiofsd, connected over vhost-user with the `vhost` crate's frontend.
+//! The virtio-fs device: guest-facing registers and queues here, file
+//! system work in virtiofsd, connected over vhost-user with the `vhost`
+//! crate's frontend. virtiofsd serves the shadow rings ([`super::shadow`]);
+//! [`super::relay`] moves requests and replies between them and the guest's.
 
 use crate::devices::virtio::Counters;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::{QueueState, QueueT};
+use virtio_queue::QueueState;
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::FsMetrics;
+use super::relay::InFlight;
+use super::shadow::{ShadowRings, RING_SIZE};
 use super::{TAG_LEN, TYPE_FS};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -21,19 +26,22 @@ use crate::devices::virtio::{
 
 /// The high-priority queue plus one request queue.
 pub const NUM_QUEUES: usize = 2;
-/// Size of each queue.
+/// Size of each queue the guest sees.
 pub const QUEUE_SIZE: u16 = 512;
 /// Feature bit of vhost-user itself (not a virtio feature the guest sees).
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// virtio ring feature: indirect descriptors.
 const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-/// The virtio features we pass through from virtiofsd: the transport
-/// implements these, and virtio-fs' notification queue is not offered.
-const PASSTHROUGH_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
+/// What the guest is offered: the guest's rings are ours (virtio-queue
+/// reads indirect descriptors and keeps the event indexes), so these do not
+/// depend on virtiofsd; virtio-fs' notification queue is not offered.
+const GUEST_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC;
 /// The vhost-user protocol features we use when virtiofsd offers them.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
     VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
 }
+/// How long a snapshot waits for virtiofsd to finish the requests it has.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors creating a virtio-fs device. Each names the socket and the step.
 #[derive(Debug, thiserror::Error)]
@@ -57,26 +65,39 @@ pub enum FsError {
         /// The vhost-user socket.
         socket: PathBuf,
     },
-    /// An eventfd could not be created.
-    #[error("virtio-fs: eventfd: {0}")]
-    EventFd(std::io::Error),
+    /// An eventfd or the shadow rings' memory could not be created.
+    #[error("virtio-fs: {0}")]
+    Resource(std::io::Error),
 }
 
 /// One virtio-fs device backed by one virtiofsd.
 pub struct Fs {
-    socket: PathBuf,
+    pub(super) socket: PathBuf,
     frontend: Frontend,
-    backend_features: u64,
     protocol_features: Option<VhostUserProtocolFeatures>,
     config: Vec<u8>,
-    kicks: Vec<EventFd>,
-    calls: Vec<EventFd>,
-    interrupt: Arc<IrqTrigger>,
-    metrics: FsMetrics,
-    /// What the rings were started with (memory, queues, features) while
-    /// the device is active; kept to restart them after a snapshot.
-    started: Option<ActivateContext>,
-    log_budget: crate::devices::virtio::GuestLogBudget,
+    /// Guest notifications (KVM ioeventfds), one per queue.
+    pub(super) kicks: Vec<EventFd>,
+    /// Our notifications to virtiofsd, one per shadow ring.
+    pub(super) backend_kicks: Vec<EventFd>,
+    /// virtiofsd's used-buffer notifications, one per shadow ring.
+    pub(super) calls: Vec<EventFd>,
+    pub(super) interrupt: Arc<IrqTrigger>,
+    pub(super) metrics: FsMetrics,
+    /// What the guest activated the device with (memory, its queues,
+    /// features) while it is active.
+    pub(super) started: Option<ActivateContext>,
+    pub(super) rings: ShadowRings,
+    /// Requests at virtiofsd, by shadow ring and shadow head.
+    pub(super) in_flight: Vec<Vec<Option<InFlight>>>,
+    /// Queues whose next request waits for room in the shadow rings.
+    pub(super) stalled: [bool; NUM_QUEUES],
+    /// Between a snapshot's quiesce and resume: nothing goes to virtiofsd.
+    pub(super) quiesced: bool,
+    pub(super) drain_timeout: Duration,
+    /// Buffer for copies between guest RAM and the arena.
+    pub(super) scratch: Vec<u8>,
+    pub(super) log_budget: crate::devices::virtio::GuestLogBudget,
 }
 
 impl std::fmt::Debug for Fs {
@@ -131,20 +152,26 @@ impl Fs {
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes()); // num_request_queues
         let eventfds = || -> Result<Vec<EventFd>, FsError> {
-            (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)).collect()
+            (0..NUM_QUEUES).map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::Resource)).collect()
         };
         tracing::info!(socket = %socket.display(), tag, features = format_args!("{backend_features:#x}"), "virtio-fs: connected to virtiofsd");
         Ok(Fs {
             socket: socket.to_path_buf(),
             frontend,
-            backend_features,
             protocol_features,
             config,
             kicks: eventfds()?,
+            backend_kicks: eventfds()?,
             calls: eventfds()?,
             interrupt,
             metrics: FsMetrics::default(),
             started: None,
+            rings: ShadowRings::new(NUM_QUEUES).map_err(FsError::Resource)?,
+            in_flight: (0..NUM_QUEUES).map(|_| (0..RING_SIZE).map(|_| None).collect()).collect(),
+            stalled: [false; NUM_QUEUES],
+            quiesced: false,
+            drain_timeout: DRAIN_TIMEOUT,
+            scratch: Vec::new(),
             log_budget: Default::default(),
         })
     }
@@ -164,58 +191,95 @@ impl Fs {
         &self.metrics
     }
 
-    /// Hands guest memory and the driver's queues to virtiofsd.
-    fn start_backend(&mut self, ctx: &ActivateContext) -> Result<(), String> {
-        let mem = &ctx.mem;
+    /// How long a snapshot waits for virtiofsd's requests (the fuzz
+    /// target's backend never answers).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.drain_timeout = timeout;
+    }
+
+    /// Hands the shadow rings to virtiofsd and starts them where they are.
+    fn start_backend(&mut self) -> Result<(), String> {
         let vhost = |step: &'static str| move |e: vhost::Error| format!("{step}: {e}");
-        let mut features = ctx.acked_features & self.backend_features;
+        let mut features = VIRTIO_F_VERSION_1;
         if self.protocol_features.is_some() {
             features |= VHOST_USER_F_PROTOCOL_FEATURES;
         }
         self.frontend.set_features(features).map_err(vhost("SET_FEATURES"))?;
-
+        let mem = self.rings.mem();
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("guest RAM is not shareable (no memfd backing): {e}"))?;
+            .map_err(|e| format!("the shadow rings are not shareable: {e}"))?;
         self.frontend.set_mem_table(&regions).map_err(vhost("SET_MEM_TABLE"))?;
-
-        for (index, queue) in ctx.queues.iter().enumerate() {
-            if !queue.ready() {
-                continue;
-            }
-            // The guest chose these addresses: is_valid checks every ring
-            // lies inside guest RAM before we hand them to virtiofsd.
-            if !queue.is_valid(mem) {
-                return Err(format!("queue {index}: rings outside guest RAM or bad size"));
-            }
+        for index in 0..NUM_QUEUES {
             let host = |addr: u64| -> Result<u64, String> {
                 mem.get_host_address(GuestAddress(addr))
                     .map(|p| p as u64)
-                    .map_err(|e| format!("queue {index}: ring address {addr:#x}: {e}"))
+                    .map_err(|e| format!("shadow ring {index}: address {addr:#x}: {e}"))
             };
+            let (desc, avail, used) = self.rings.ring_addrs(index);
             let config = VringConfigData {
-                queue_max_size: queue.max_size(),
-                queue_size: queue.size(),
+                queue_max_size: RING_SIZE,
+                queue_size: RING_SIZE,
                 flags: 0,
-                desc_table_addr: host(queue.desc_table())?,
-                used_ring_addr: host(queue.used_ring())?,
-                avail_ring_addr: host(queue.avail_ring())?,
+                desc_table_addr: host(desc)?,
+                used_ring_addr: host(used)?,
+                avail_ring_addr: host(avail)?,
                 log_addr: None,
             };
-            self.frontend.set_vring_num(index, queue.size()).map_err(vhost("SET_VRING_NUM"))?;
+            self.frontend.set_vring_num(index, RING_SIZE).map_err(vhost("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &config).map_err(vhost("SET_VRING_ADDR"))?;
-            // 0 on a fresh start; the saved position after a snapshot.
-            let base = queue.next_avail();
-            self.frontend.set_vring_base(index, base).map_err(vhost("SET_VRING_BASE"))?;
+            self.frontend.set_vring_base(index, self.rings.next_avail(index)).map_err(vhost("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(index, &self.calls[index]).map_err(vhost("SET_VRING_CALL"))?;
-            self.frontend.set_vring_kick(index, &self.kicks[index]).map_err(vhost("SET_VRING_KICK"))?;
+            self.frontend.set_vring_kick(index, &self.backend_kicks[index]).map_err(vhost("SET_VRING_KICK"))?;
             if self.protocol_features.is_some() {
                 self.frontend.set_vring_enable(index, true).map_err(vhost("SET_VRING_ENABLE"))?;
             }
         }
         Ok(())
+    }
+
+    /// Stops the shadow rings in virtiofsd (GET_VRING_BASE): the position
+    /// it would read next, per ring.
+    fn stop_backend(&mut self) -> Result<Vec<u32>, String> {
+        (0..NUM_QUEUES)
+            .map(|index| {
+                if self.protocol_features.is_some() {
+                    let _ = self.frontend.set_vring_enable(index, false);
+                }
+                self.frontend.get_vring_base(index).map_err(|e| format!("GET_VRING_BASE {index}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until virtiofsd has answered every request it has (a
+    /// snapshot's quiesce), passing the answers on.
+    fn drain(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + self.drain_timeout;
+        loop {
+            for queue in 0..NUM_QUEUES {
+                let _ = self.calls[queue].read();
+                self.process_replies(queue);
+            }
+            let left = self.rings.in_flight();
+            if left == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("virtiofsd did not answer {left} requests within {:?}", self.drain_timeout));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn forget_requests(&mut self) {
+        self.in_flight.iter_mut().flatten().for_each(|entry| *entry = None);
+        self.stalled = [false; NUM_QUEUES];
+        if let Err(e) = self.rings.reset() {
+            tracing::warn!(error = %e, "virtio-fs: cannot clear the shadow rings");
+        }
     }
 }
 
@@ -225,7 +289,7 @@ impl VirtioDevice for Fs {
     }
 
     fn avail_features(&self) -> u64 {
-        self.backend_features & PASSTHROUGH_FEATURES
+        GUEST_FEATURES
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -249,51 +313,39 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         FsMetrics::inc(&self.metrics.activations);
-        self.start_backend(&ctx).map_err(|e| {
+        self.forget_requests();
+        self.start_backend().map_err(|e| {
             FsMetrics::inc(&self.metrics.backend_errors);
             ActivateError(format!("virtio-fs ({}): {e}", self.socket.display()))
         })?;
         self.started = Some(ctx);
+        self.quiesced = false;
         Ok(())
     }
 
     fn reset(&mut self) {
-        if self.started.is_none() {
+        if self.started.take().is_none() {
             return;
         }
         // Stop the rings in virtiofsd; a later activation sets them up again.
-        for index in 0..NUM_QUEUES {
-            if self.protocol_features.is_some() {
-                let _ = self.frontend.set_vring_enable(index, false);
-            }
-            if let Err(e) = self.frontend.get_vring_base(index) {
-                FsMetrics::inc(&self.metrics.backend_errors);
-                tracing::warn!(index, error = %e, "virtio-fs: cannot stop a ring in virtiofsd");
-            }
+        if let Err(e) = self.stop_backend() {
+            FsMetrics::inc(&self.metrics.backend_errors);
+            tracing::warn!(error = %e, "virtio-fs: cannot stop the rings in virtiofsd");
         }
-        self.started = None;
+        self.forget_requests();
     }
 
     fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {
-        // The rings live in virtiofsd: GET_VRING_BASE stops each one and
-        // returns where virtiofsd would read next. virtiofsd completes a
-        // request before taking the next, so used == avail there.
-        let Fs { started, frontend, protocol_features, socket, .. } = self;
-        let started = started.as_mut().ok_or("virtio-fs is not active")?;
-        for (index, queue) in started.queues.iter_mut().enumerate() {
-            if !queue.ready() {
-                continue;
-            }
-            if protocol_features.is_some() {
-                let _ = frontend.set_vring_enable(index, false);
-            }
-            let base = frontend
-                .get_vring_base(index)
-                .map_err(|e| format!("virtio-fs ({}): GET_VRING_BASE {index}: {e}", socket.display()))?;
-            let base = u16::try_from(base).map_err(|_| format!("virtiofsd returned ring base {base}"))?;
-            queue.set_next_avail(base);
-            queue.set_next_used(base);
+        // virtiofsd answers what it has, then GET_VRING_BASE stops its
+        // rings. The guest's rings are ours: their positions are the state.
+        if self.started.is_none() {
+            return Err("virtio-fs is not active".into());
         }
+        self.quiesced = true;
+        let socket = self.socket.display().to_string();
+        self.drain().map_err(|e| format!("virtio-fs ({socket}): {e}"))?;
+        self.stop_backend().map_err(|e| format!("virtio-fs ({socket}): {e}"))?;
+        let started = self.started.as_ref().ok_or("virtio-fs is not active")?;
         Ok(started.queues.iter().map(|q| q.state()).collect())
     }
 
@@ -310,10 +362,15 @@ impl VirtioDevice for Fs {
     }
 
     fn resume(&mut self) -> Result<(), String> {
+        if self.started.is_none() {
+            return Ok(());
+        }
         // GET_VRING_BASE stopped the rings: start them again where they are.
-        let Some(started) = self.started.take() else { return Ok(()) };
-        let result = self.start_backend(&started);
-        self.started = Some(started);
-        result.map_err(|e| format!("virtio-fs ({}): {e}", self.socket.display()))
+        let result = self.start_backend().map_err(|e| format!("virtio-fs ({}): {e}", self.socket.display()));
+        self.quiesced = false;
+        for queue in 0..NUM_QUEUES {
+            self.process_requests(queue);
+        }
+        result
     }
 }

@@ -1,26 +1,25 @@
-//! virtio-fs (device type 26) as a vhost-user frontend.
+//! virtio-fs (device type 26): the guest's rings here, the file system in a
+//! `virtiofsd` process (the real one from crates.io) over vhost-user.
 //!
-//! The file system itself is served by a `virtiofsd` process (the real one
-//! from crates.io); this device only owns what the guest sees on the MMIO
-//! transport (features, the `tag`/`num_request_queues` configuration space)
-//! and hands the queues to virtiofsd over the vhost-user socket:
+//! virtiofsd does not see guest RAM. It serves shadow rings the VMM drives,
+//! in a small memfd of their own ([`shadow`]); the VMM copies each request
+//! from the guest's buffers into it and each reply back ([`relay`]). So
+//! guest RAM stays private to the VMM, and a VM restored from a template
+//! maps the template's memory copy-on-write, shared with every other VM
+//! restored from it (docs/design.md, "Template memory").
 //!
-//! * guest RAM is shared with virtiofsd by file descriptor (the VMM backs RAM
-//!   with a memfd when a virtio-fs device is configured, see
-//!   [`crate::memory::create_shared`]);
-//! * the queue kicks go from KVM's ioeventfds straight to virtiofsd;
-//! * virtiofsd signals used buffers on per-queue "call" eventfds, which the
-//!   VMM's event loop turns into the virtio-mmio interrupt (the interrupt
-//!   status register lives in the VMM, so a raw irqfd would not do).
-//!
-//! * [`device`]: the [`crate::devices::virtio::VirtioDevice`] and the
-//!   vhost-user handshake.
-//! * [`event_handler`]: call eventfds → guest interrupt.
+//! * [`device`]: the [`crate::devices::virtio::VirtioDevice`], the
+//!   vhost-user handshake, starting and stopping virtiofsd's rings.
+//! * [`relay`]: guest chains → shadow requests, replies → guest chains.
+//! * [`shadow`]: the shadow rings and their arena.
+//! * [`event_handler`]: guest kicks and virtiofsd's call eventfds.
 //! * [`metrics`]: counters logged on exit.
 
 pub mod device;
 pub mod event_handler;
 pub mod metrics;
+pub mod relay;
+pub mod shadow;
 
 pub use device::{Fs, FsError};
 

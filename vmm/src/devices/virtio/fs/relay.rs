@@ -1,0 +1,247 @@
+//! Moving FUSE messages between the guest's rings and the shadow rings
+//! virtiofsd serves ([`super::shadow`]): a request the guest makes
+//! available is copied into the arena and published to virtiofsd; the
+//! reply virtiofsd writes there is copied into the guest's buffers and the
+//! guest's chain is returned with its length.
+//!
+//! Everything from the guest is untrusted: a chain whose readable and
+//! writable parts are out of order, that points outside guest RAM or that
+//! is larger than the arena is returned unused (length 0) and counted in
+//! `bad_descriptors`, like the other devices do. What virtiofsd answers is
+//! checked too: a used entry naming no request in flight is counted in
+//! `backend_errors` and dropped, and a reply length is clipped to the room
+//! the guest gave.
+
+use crate::devices::virtio::Counters;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::device::Fs;
+use super::metrics::FsMetrics;
+use super::shadow::{Slot, SlotError};
+use crate::devices::virtio::{next_chain, INT_VRING};
+
+/// A guest request at virtiofsd.
+#[derive(Debug)]
+pub struct InFlight {
+    guest_head: u16,
+    /// The guest's writable buffers, as the chain named them.
+    reply: Vec<(GuestAddress, u32)>,
+    slot: Slot,
+}
+
+/// A guest chain taken apart.
+struct Request {
+    readable: Vec<(GuestAddress, u32)>,
+    readable_len: u32,
+    writable: Vec<(GuestAddress, u32)>,
+    writable_len: u32,
+}
+
+/// The chain's buffers, or why it is malformed.
+fn take_apart<M>(chain: DescriptorChain<M>) -> Result<Request, &'static str>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let mut request = Request { readable: Vec::new(), readable_len: 0, writable: Vec::new(), writable_len: 0 };
+    for desc in chain {
+        let (list, total) = if desc.is_write_only() {
+            (&mut request.writable, &mut request.writable_len)
+        } else if request.writable.is_empty() {
+            (&mut request.readable, &mut request.readable_len)
+        } else {
+            return Err("a readable descriptor after a writable one");
+        };
+        *total = total.checked_add(desc.len()).ok_or("buffers longer than 4 GiB")?;
+        list.push((desc.addr(), desc.len()));
+    }
+    if request.readable_len == 0 {
+        return Err("no request (no readable bytes)");
+    }
+    Ok(request)
+}
+
+/// Copies the guest buffers `from` to the arena at `to`.
+fn copy_in(
+    guest: &GuestMemoryMmap,
+    arena: &GuestMemoryMmap,
+    from: &[(GuestAddress, u32)],
+    mut to: GuestAddress,
+    scratch: &mut Vec<u8>,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    for &(addr, len) in from {
+        let len = len as usize;
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        guest.read_slice(&mut scratch[..len], addr)?;
+        arena.write_slice(&scratch[..len], to)?;
+        to = GuestAddress(to.0 + len as u64);
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes from the arena at `from` into the guest buffers `to`,
+/// in order; returns the bytes copied.
+fn copy_out(
+    arena: &GuestMemoryMmap,
+    mut from: GuestAddress,
+    guest: &GuestMemoryMmap,
+    to: &[(GuestAddress, u32)],
+    len: u32,
+    scratch: &mut Vec<u8>,
+) -> Result<u32, vm_memory::GuestMemoryError> {
+    let mut left = len as usize;
+    for &(addr, room) in to {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(room as usize);
+        if scratch.len() < n {
+            scratch.resize(n, 0);
+        }
+        arena.read_slice(&mut scratch[..n], from)?;
+        guest.write_slice(&scratch[..n], addr)?;
+        from = GuestAddress(from.0 + n as u64);
+        left -= n;
+    }
+    Ok(len - left as u32)
+}
+
+impl Fs {
+    /// Forwards the requests the guest made available on `queue` to
+    /// virtiofsd, as far as the shadow rings have room.
+    pub fn process_requests(&mut self, queue: usize) {
+        if self.quiesced {
+            return;
+        }
+        let Fs { started, rings, in_flight, stalled, metrics, scratch, backend_kicks, interrupt, .. } = self;
+        let Some(started) = started.as_mut() else { return };
+        let mem = &started.mem;
+        let Some(guest_queue) = started.queues.get_mut(queue).filter(|q| q.ready()) else { return };
+        let (mut published, mut refused) = (false, false);
+        let mut refuse = |guest_queue: &mut virtio_queue::Queue, head: u16, why: &str| {
+            tracing::debug!(queue, why, "virtio-fs: bad descriptor chain");
+            FsMetrics::inc(&metrics.bad_descriptors);
+            if let Err(e) = guest_queue.add_used(mem, head, 0) {
+                tracing::warn!(error = %e, "virtio-fs: cannot return a chain");
+            }
+            refused = true;
+        };
+        stalled[queue] = false;
+        while let Some(chain) = next_chain(guest_queue, mem, &metrics.bad_descriptors) {
+            let head = chain.head_index();
+            let request = match take_apart(chain) {
+                Ok(request) => request,
+                Err(why) => {
+                    refuse(guest_queue, head, why);
+                    continue;
+                }
+            };
+            let slot = match rings.start(queue, request.readable_len, request.writable_len) {
+                Ok(slot) => slot,
+                Err(SlotError::Full) => {
+                    // Taken again once virtiofsd answers something.
+                    guest_queue.go_to_previous_position();
+                    stalled[queue] = true;
+                    FsMetrics::inc(&metrics.stalls);
+                    break;
+                }
+                Err(SlotError::TooLarge(_)) => {
+                    refuse(guest_queue, head, "larger than the shadow arena");
+                    continue;
+                }
+            };
+            if copy_in(mem, rings.mem(), &request.readable, slot.addr, scratch).is_err() {
+                rings.abandon(queue, slot);
+                refuse(guest_queue, head, "a buffer outside guest RAM");
+                continue;
+            }
+            if let Err(e) = rings.publish(queue, &slot) {
+                tracing::warn!(error = %e, "virtio-fs: cannot publish to the shadow ring");
+                FsMetrics::inc(&metrics.backend_errors);
+                rings.abandon(queue, slot);
+                refuse(guest_queue, head, "shadow ring unusable");
+                continue;
+            }
+            FsMetrics::inc(&metrics.requests);
+            FsMetrics::add(&metrics.bytes_to_backend, u64::from(request.readable_len));
+            in_flight[queue][usize::from(slot.head)] =
+                Some(InFlight { guest_head: head, reply: request.writable, slot });
+            published = true;
+        }
+        if published {
+            if let Err(e) = backend_kicks[queue].write(1) {
+                tracing::warn!(error = %e, "virtio-fs: cannot notify virtiofsd");
+            }
+        }
+        if refused && guest_queue.needs_notification(mem).unwrap_or(true) {
+            FsMetrics::inc(&metrics.interrupts);
+            if let Err(e) = interrupt.trigger(INT_VRING) {
+                tracing::error!(error = %e, "virtio-fs: cannot raise the interrupt");
+            }
+        }
+    }
+
+    /// Passes virtiofsd's replies on shadow ring `queue` back to the guest,
+    /// then forwards requests that were waiting for room.
+    pub fn process_replies(&mut self, queue: usize) {
+        let Fs { started, rings, in_flight, metrics, scratch, interrupt, .. } = self;
+        let mut used = false;
+        loop {
+            let (head, len) = match rings.next_used(queue) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "virtio-fs: cannot read the shadow used ring");
+                    FsMetrics::inc(&metrics.backend_errors);
+                    break;
+                }
+            };
+            let Some(entry) = in_flight[queue].get_mut(usize::from(head)).and_then(Option::take) else {
+                tracing::warn!(queue, head, "virtio-fs: virtiofsd returned a request it was not given");
+                FsMetrics::inc(&metrics.backend_errors);
+                continue;
+            };
+            let Some(started) = started.as_mut() else {
+                rings.finish(queue, entry.slot);
+                continue;
+            };
+            let mem = &started.mem;
+            let len = len.min(entry.slot.writable);
+            let copied = copy_out(rings.mem(), entry.slot.reply_addr(), mem, &entry.reply, len, scratch)
+                .unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "virtio-fs: a reply buffer outside guest RAM");
+                    FsMetrics::inc(&metrics.bad_descriptors);
+                    0
+                });
+            FsMetrics::add(&metrics.bytes_from_backend, u64::from(copied));
+            rings.finish(queue, entry.slot);
+            if let Some(guest_queue) = started.queues.get_mut(queue) {
+                if let Err(e) = guest_queue.add_used(mem, entry.guest_head, copied) {
+                    tracing::warn!(error = %e, "virtio-fs: cannot return a chain");
+                }
+                used = true;
+            }
+        }
+        if used {
+            if let Some(started) = started.as_mut() {
+                let notify =
+                    started.queues.get_mut(queue).is_some_and(|q| q.needs_notification(&started.mem).unwrap_or(true));
+                if notify {
+                    FsMetrics::inc(&metrics.interrupts);
+                    if let Err(e) = interrupt.trigger(INT_VRING) {
+                        tracing::error!(error = %e, "virtio-fs: cannot raise the interrupt");
+                    }
+                }
+            }
+        }
+        if rings.in_flight() == 0 {
+            rings.trim();
+        }
+        if self.stalled[queue] {
+            self.process_requests(queue);
+        }
+    }
+}
