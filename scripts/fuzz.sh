@@ -16,7 +16,7 @@ cd "$ROOT"
 budget=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(vsock_guest vsock_packet net_guest fs_vhost_user hybrid_vsock_connect agent_rpc vmm_api)
+[ ${#targets[@]} -gt 0 ] || targets=(vsock_guest vsock_packet net_guest balloon_guest fs_vhost_user hybrid_vsock_connect agent_rpc vmm_api)
 
 CARGO_FUZZ_VERSION=0.13.2
 fuzz_root=$KATA_LIKE_CACHE/cargo-fuzz/$CARGO_FUZZ_VERSION

@@ -2,7 +2,7 @@
 //! regression tests: each feeds arbitrary bytes to code that takes input
 //! from outside the VMM, the way the outside would.
 //!
-//! * [`vsock_guest`], [`net_guest`]: a hostile guest driver ([`guest`])
+//! * [`vsock_guest`], [`net_guest`], [`balloon_guest`]: a hostile guest driver ([`guest`])
 //!   programs the device's virtio-mmio registers and writes whatever it
 //!   likes into guest memory (descriptor tables, rings, buffers), kicks the
 //!   queues, while a host peer talks to the device's host end.
@@ -18,11 +18,13 @@
 //! bad request gets an error, a bad chain is returned unused or ends in
 //! DEVICE_NEEDS_RESET.
 
+mod balloon;
 pub mod guest;
 mod net;
 mod vsock;
 mod vsock_packet;
 
+pub use balloon::balloon_guest;
 pub use net::net_guest;
 pub use vsock::{hybrid_vsock_connect, vsock_guest};
 pub use vsock_packet::vsock_packet;

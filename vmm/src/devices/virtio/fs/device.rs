@@ -16,8 +16,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::FsMetrics;
-use super::relay::InFlight;
-use super::shadow::{ShadowRings, RING_SIZE};
+use super::relay::Relay;
+use super::shadow::RING_SIZE;
 use super::{TAG_LEN, TYPE_FS};
 use crate::devices::virtio::{
     read_config_bytes, ActivateContext, ActivateError, IrqTrigger, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -72,32 +72,27 @@ pub enum FsError {
 
 /// One virtio-fs device backed by one virtiofsd.
 pub struct Fs {
-    pub(super) socket: PathBuf,
+    socket: PathBuf,
     frontend: Frontend,
     protocol_features: Option<VhostUserProtocolFeatures>,
     config: Vec<u8>,
     /// Guest notifications (KVM ioeventfds), one per queue.
     pub(super) kicks: Vec<EventFd>,
     /// Our notifications to virtiofsd, one per shadow ring.
-    pub(super) backend_kicks: Vec<EventFd>,
+    backend_kicks: Vec<EventFd>,
     /// virtiofsd's used-buffer notifications, one per shadow ring.
     pub(super) calls: Vec<EventFd>,
-    pub(super) interrupt: Arc<IrqTrigger>,
-    pub(super) metrics: FsMetrics,
+    interrupt: Arc<IrqTrigger>,
+    metrics: FsMetrics,
     /// What the guest activated the device with (memory, its queues,
     /// features) while it is active.
-    pub(super) started: Option<ActivateContext>,
-    pub(super) rings: ShadowRings,
-    /// Requests at virtiofsd, by shadow ring and shadow head.
-    pub(super) in_flight: Vec<Vec<Option<InFlight>>>,
-    /// Queues whose next request waits for room in the shadow rings.
-    pub(super) stalled: [bool; NUM_QUEUES],
+    started: Option<ActivateContext>,
+    /// The shadow rings and the requests at virtiofsd.
+    relay: Relay,
     /// Between a snapshot's quiesce and resume: nothing goes to virtiofsd.
-    pub(super) quiesced: bool,
-    pub(super) drain_timeout: Duration,
-    /// Buffer for copies between guest RAM and the arena.
-    pub(super) scratch: Vec<u8>,
-    pub(super) log_budget: crate::devices::virtio::GuestLogBudget,
+    quiesced: bool,
+    drain_timeout: Duration,
+    log_budget: crate::devices::virtio::GuestLogBudget,
 }
 
 impl std::fmt::Debug for Fs {
@@ -166,12 +161,9 @@ impl Fs {
             interrupt,
             metrics: FsMetrics::default(),
             started: None,
-            rings: ShadowRings::new(NUM_QUEUES).map_err(FsError::Resource)?,
-            in_flight: (0..NUM_QUEUES).map(|_| (0..RING_SIZE).map(|_| None).collect()).collect(),
-            stalled: [false; NUM_QUEUES],
+            relay: Relay::new(NUM_QUEUES).map_err(FsError::Resource)?,
             quiesced: false,
             drain_timeout: DRAIN_TIMEOUT,
-            scratch: Vec::new(),
             log_budget: Default::default(),
         })
     }
@@ -206,7 +198,7 @@ impl Fs {
             features |= VHOST_USER_F_PROTOCOL_FEATURES;
         }
         self.frontend.set_features(features).map_err(vhost("SET_FEATURES"))?;
-        let mem = self.rings.mem();
+        let mem = self.relay.rings().mem();
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
@@ -219,7 +211,7 @@ impl Fs {
                     .map(|p| p as u64)
                     .map_err(|e| format!("shadow ring {index}: address {addr:#x}: {e}"))
             };
-            let (desc, avail, used) = self.rings.ring_addrs(index);
+            let (desc, avail, used) = self.relay.rings().ring_addrs(index);
             let config = VringConfigData {
                 queue_max_size: RING_SIZE,
                 queue_size: RING_SIZE,
@@ -231,7 +223,9 @@ impl Fs {
             };
             self.frontend.set_vring_num(index, RING_SIZE).map_err(vhost("SET_VRING_NUM"))?;
             self.frontend.set_vring_addr(index, &config).map_err(vhost("SET_VRING_ADDR"))?;
-            self.frontend.set_vring_base(index, self.rings.next_avail(index)).map_err(vhost("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_base(index, self.relay.rings().next_avail(index))
+                .map_err(vhost("SET_VRING_BASE"))?;
             self.frontend.set_vring_call(index, &self.calls[index]).map_err(vhost("SET_VRING_CALL"))?;
             self.frontend.set_vring_kick(index, &self.backend_kicks[index]).map_err(vhost("SET_VRING_KICK"))?;
             if self.protocol_features.is_some() {
@@ -263,7 +257,7 @@ impl Fs {
                 let _ = self.calls[queue].read();
                 self.process_replies(queue);
             }
-            let left = self.rings.in_flight();
+            let left = self.relay.in_flight();
             if left == 0 {
                 return Ok(());
             }
@@ -274,11 +268,21 @@ impl Fs {
         }
     }
 
-    fn forget_requests(&mut self) {
-        self.in_flight.iter_mut().flatten().for_each(|entry| *entry = None);
-        self.stalled = [false; NUM_QUEUES];
-        if let Err(e) = self.rings.reset() {
-            tracing::warn!(error = %e, "virtio-fs: cannot clear the shadow rings");
+    /// Forwards the requests the guest made available on `queue`.
+    pub fn process_requests(&mut self, queue: usize) {
+        if self.quiesced {
+            return;
+        }
+        let Some(started) = self.started.as_mut() else { return };
+        let Some(kick) = self.backend_kicks.get(queue) else { return };
+        self.relay.process_requests(queue, started, &self.metrics, kick, &self.interrupt);
+    }
+
+    /// Passes virtiofsd's replies on `queue` back to the guest, then the
+    /// requests that waited for room.
+    pub fn process_replies(&mut self, queue: usize) {
+        if self.relay.process_replies(queue, self.started.as_mut(), &self.metrics, &self.interrupt) {
+            self.process_requests(queue);
         }
     }
 }
@@ -313,7 +317,7 @@ impl VirtioDevice for Fs {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         FsMetrics::inc(&self.metrics.activations);
-        self.forget_requests();
+        self.relay.forget();
         self.start_backend().map_err(|e| {
             FsMetrics::inc(&self.metrics.backend_errors);
             ActivateError(format!("virtio-fs ({}): {e}", self.socket.display()))
@@ -332,7 +336,7 @@ impl VirtioDevice for Fs {
             FsMetrics::inc(&self.metrics.backend_errors);
             tracing::warn!(error = %e, "virtio-fs: cannot stop the rings in virtiofsd");
         }
-        self.forget_requests();
+        self.relay.forget();
     }
 
     fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {

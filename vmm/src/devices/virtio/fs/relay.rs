@@ -15,11 +15,11 @@
 use crate::devices::virtio::Counters;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::device::Fs;
 use super::metrics::FsMetrics;
-use super::shadow::{Slot, SlotError};
-use crate::devices::virtio::{next_chain, INT_VRING};
+use super::shadow::{ShadowRings, Slot, SlotError, RING_SIZE};
+use crate::devices::virtio::{next_chain, ActivateContext, IrqTrigger, INT_VRING};
 
 /// A guest request at virtiofsd.
 #[derive(Debug)]
@@ -109,17 +109,72 @@ fn copy_out(
     Ok(len - left as u32)
 }
 
-impl Fs {
-    /// Forwards the requests the guest made available on `queue` to
-    /// virtiofsd, as far as the shadow rings have room.
-    pub fn process_requests(&mut self, queue: usize) {
-        if self.quiesced {
-            return;
+/// The shadow rings and the guest requests at virtiofsd.
+#[derive(Debug)]
+pub struct Relay {
+    rings: ShadowRings,
+    /// Requests at virtiofsd, by shadow ring and shadow head.
+    in_flight: Vec<Vec<Option<InFlight>>>,
+    /// Queues whose next request waits for room in the shadow rings.
+    stalled: Vec<bool>,
+    /// Buffer for copies between guest RAM and the arena.
+    scratch: Vec<u8>,
+}
+
+/// Raises the guest's interrupt for used chains, if the driver wants one.
+fn notify(queue: &mut virtio_queue::Queue, mem: &GuestMemoryMmap, metrics: &FsMetrics, interrupt: &IrqTrigger) {
+    if queue.needs_notification(mem).unwrap_or(true) {
+        FsMetrics::inc(&metrics.interrupts);
+        if let Err(e) = interrupt.trigger(INT_VRING) {
+            tracing::error!(error = %e, "virtio-fs: cannot raise the interrupt");
         }
-        let Fs { started, rings, in_flight, stalled, metrics, scratch, backend_kicks, interrupt, .. } = self;
-        let Some(started) = started.as_mut() else { return };
-        let mem = &started.mem;
-        let Some(guest_queue) = started.queues.get_mut(queue).filter(|q| q.ready()) else { return };
+    }
+}
+
+impl Relay {
+    /// Shadow rings for `queues` queues, nothing in flight.
+    pub fn new(queues: usize) -> std::io::Result<Relay> {
+        Ok(Relay {
+            rings: ShadowRings::new(queues)?,
+            in_flight: (0..queues).map(|_| (0..RING_SIZE).map(|_| None).collect()).collect(),
+            stalled: vec![false; queues],
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The shadow rings virtiofsd serves.
+    pub fn rings(&self) -> &ShadowRings {
+        &self.rings
+    }
+
+    /// Requests at virtiofsd.
+    pub fn in_flight(&self) -> usize {
+        self.rings.in_flight()
+    }
+
+    /// Forgets every request and empties the rings (device reset;
+    /// virtiofsd's rings are stopped).
+    pub fn forget(&mut self) {
+        self.in_flight.iter_mut().flatten().for_each(|entry| *entry = None);
+        self.stalled.iter_mut().for_each(|s| *s = false);
+        if let Err(e) = self.rings.reset() {
+            tracing::warn!(error = %e, "virtio-fs: cannot clear the shadow rings");
+        }
+    }
+
+    /// Forwards the requests the guest made available on `queue` to
+    /// virtiofsd (kicked on `kick`), as far as the shadow rings have room.
+    pub fn process_requests(
+        &mut self,
+        queue: usize,
+        guest: &mut ActivateContext,
+        metrics: &FsMetrics,
+        kick: &EventFd,
+        interrupt: &IrqTrigger,
+    ) {
+        let Relay { rings, in_flight, stalled, scratch } = self;
+        let mem = &guest.mem;
+        let Some(guest_queue) = guest.queues.get_mut(queue).filter(|q| q.ready()) else { return };
         let (mut published, mut refused) = (false, false);
         let mut refuse = |guest_queue: &mut virtio_queue::Queue, head: u16, why: &str| {
             tracing::debug!(queue, why, "virtio-fs: bad descriptor chain");
@@ -172,22 +227,26 @@ impl Fs {
             published = true;
         }
         if published {
-            if let Err(e) = backend_kicks[queue].write(1) {
+            if let Err(e) = kick.write(1) {
                 tracing::warn!(error = %e, "virtio-fs: cannot notify virtiofsd");
             }
         }
-        if refused && guest_queue.needs_notification(mem).unwrap_or(true) {
-            FsMetrics::inc(&metrics.interrupts);
-            if let Err(e) = interrupt.trigger(INT_VRING) {
-                tracing::error!(error = %e, "virtio-fs: cannot raise the interrupt");
-            }
+        if refused {
+            notify(guest_queue, mem, metrics, interrupt);
         }
     }
 
-    /// Passes virtiofsd's replies on shadow ring `queue` back to the guest,
-    /// then forwards requests that were waiting for room.
-    pub fn process_replies(&mut self, queue: usize) {
-        let Fs { started, rings, in_flight, metrics, scratch, interrupt, .. } = self;
+    /// Passes virtiofsd's replies on shadow ring `queue` back to the guest
+    /// (if the device is still active); true if requests of that queue
+    /// wait for the room this freed ([`Relay::process_requests`] them).
+    pub fn process_replies(
+        &mut self,
+        queue: usize,
+        mut guest: Option<&mut ActivateContext>,
+        metrics: &FsMetrics,
+        interrupt: &IrqTrigger,
+    ) -> bool {
+        let Relay { rings, in_flight, stalled, scratch } = self;
         let mut used = false;
         loop {
             let (head, len) = match rings.next_used(queue) {
@@ -204,11 +263,11 @@ impl Fs {
                 FsMetrics::inc(&metrics.backend_errors);
                 continue;
             };
-            let Some(started) = started.as_mut() else {
+            let Some(guest) = guest.as_deref_mut() else {
                 rings.finish(queue, entry.slot);
                 continue;
             };
-            let mem = &started.mem;
+            let mem = &guest.mem;
             let len = len.min(entry.slot.writable);
             let copied = copy_out(rings.mem(), entry.slot.reply_addr(), mem, &entry.reply, len, scratch)
                 .unwrap_or_else(|e| {
@@ -218,30 +277,21 @@ impl Fs {
                 });
             FsMetrics::add(&metrics.bytes_from_backend, u64::from(copied));
             rings.finish(queue, entry.slot);
-            if let Some(guest_queue) = started.queues.get_mut(queue) {
+            if let Some(guest_queue) = guest.queues.get_mut(queue) {
                 if let Err(e) = guest_queue.add_used(mem, entry.guest_head, copied) {
                     tracing::warn!(error = %e, "virtio-fs: cannot return a chain");
                 }
                 used = true;
             }
         }
-        if used {
-            if let Some(started) = started.as_mut() {
-                let notify =
-                    started.queues.get_mut(queue).is_some_and(|q| q.needs_notification(&started.mem).unwrap_or(true));
-                if notify {
-                    FsMetrics::inc(&metrics.interrupts);
-                    if let Err(e) = interrupt.trigger(INT_VRING) {
-                        tracing::error!(error = %e, "virtio-fs: cannot raise the interrupt");
-                    }
-                }
+        if let (true, Some(guest)) = (used, guest) {
+            if let Some(guest_queue) = guest.queues.get_mut(queue) {
+                notify(guest_queue, &guest.mem, metrics, interrupt);
             }
         }
         if rings.in_flight() == 0 {
             rings.trim();
         }
-        if self.stalled[queue] {
-            self.process_requests(queue);
-        }
+        stalled.get(queue).copied().unwrap_or(false)
     }
 }
