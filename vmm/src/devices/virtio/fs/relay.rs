@@ -62,6 +62,33 @@ where
     Ok(request)
 }
 
+/// Bytes moved per copy step: the scratch buffer never grows past this,
+/// whatever the requests' sizes (it lives as long as the VMM).
+const COPY_CHUNK: usize = 64 << 10;
+
+/// Copies `len` bytes from `from` in `src` to `to` in `dst`, through
+/// `scratch` ([`COPY_CHUNK`] at a time).
+fn copy_between(
+    src: &GuestMemoryMmap,
+    mut from: GuestAddress,
+    dst: &GuestMemoryMmap,
+    mut to: GuestAddress,
+    len: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<(), vm_memory::GuestMemoryError> {
+    scratch.resize(COPY_CHUNK, 0);
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(COPY_CHUNK);
+        src.read_slice(&mut scratch[..n], from)?;
+        dst.write_slice(&scratch[..n], to)?;
+        from = GuestAddress(from.0 + n as u64);
+        to = GuestAddress(to.0 + n as u64);
+        left -= n;
+    }
+    Ok(())
+}
+
 /// Copies the guest buffers `from` to the arena at `to`.
 fn copy_in(
     guest: &GuestMemoryMmap,
@@ -71,13 +98,8 @@ fn copy_in(
     scratch: &mut Vec<u8>,
 ) -> Result<(), vm_memory::GuestMemoryError> {
     for &(addr, len) in from {
-        let len = len as usize;
-        if scratch.len() < len {
-            scratch.resize(len, 0);
-        }
-        guest.read_slice(&mut scratch[..len], addr)?;
-        arena.write_slice(&scratch[..len], to)?;
-        to = GuestAddress(to.0 + len as u64);
+        copy_between(guest, addr, arena, to, len as usize, scratch)?;
+        to = GuestAddress(to.0 + u64::from(len));
     }
     Ok(())
 }
@@ -98,11 +120,7 @@ fn copy_out(
             break;
         }
         let n = left.min(room as usize);
-        if scratch.len() < n {
-            scratch.resize(n, 0);
-        }
-        arena.read_slice(&mut scratch[..n], from)?;
-        guest.write_slice(&scratch[..n], addr)?;
+        copy_between(arena, from, guest, addr, n, scratch)?;
         from = GuestAddress(from.0 + n as u64);
         left -= n;
     }
@@ -293,5 +311,39 @@ impl Relay {
             rings.trim();
         }
         stalled.get(queue).copied().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_cross_chunks_and_buffers_in_order_with_bounded_scratch() {
+        let guest = crate::memory::create(4 << 20).expect("guest");
+        let arena = super::super::shadow::ShadowRings::new(1).expect("rings");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        guest.write_slice(&data[..100_000], GuestAddress(0x10_0000)).expect("write");
+        guest.write_slice(&data[100_000..], GuestAddress(0x30_0000)).expect("write");
+        let parts = [(GuestAddress(0x10_0000), 100_000), (GuestAddress(0x30_0000), 200_000)];
+        let mut scratch = Vec::new();
+        let at = GuestAddress(0x8000);
+        copy_in(&guest, arena.mem(), &parts, at, &mut scratch).expect("copy in");
+        assert_eq!(scratch.len(), COPY_CHUNK, "the scratch buffer stays one chunk");
+        let mut back = vec![0u8; data.len()];
+        arena.mem().read_slice(&mut back, at).expect("read");
+        assert_eq!(back, data);
+        // Out again into other buffers, clipped to their room.
+        let rooms = [(GuestAddress(0x20_0000), 70_000), (GuestAddress(0x28_0000), 500_000)];
+        assert_eq!(copy_out(arena.mem(), at, &guest, &rooms, 250_000, &mut scratch).expect("copy out"), 250_000);
+        let mut first = vec![0u8; 70_000];
+        guest.read_slice(&mut first, GuestAddress(0x20_0000)).expect("read");
+        assert_eq!(first, data[..70_000]);
+        let mut second = vec![0u8; 180_000];
+        guest.read_slice(&mut second, GuestAddress(0x28_0000)).expect("read");
+        assert_eq!(second, data[70_000..250_000]);
+        // A buffer outside guest RAM is an error, not a panic.
+        let outside = [(GuestAddress(8 << 20), 10)];
+        assert!(copy_in(&guest, arena.mem(), &outside, at, &mut scratch).is_err());
     }
 }
