@@ -104,7 +104,7 @@ pub struct VmConfig {
     /// The vsock device, if any.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
-    /// virtio-fs devices (guest RAM is then shared with virtiofsd).
+    /// virtio-fs devices (each served by a virtiofsd through shadow rings).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
     /// virtio-net devices.
