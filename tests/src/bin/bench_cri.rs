@@ -66,22 +66,6 @@ fn pod_pss(cri: &Cri, pod: &str) -> (u64, u64, u64, u64) {
     (sum("containerd-shim-kata-like-v2", pod).0, vmm.0, fsd.0, vmm.1 + fsd.1)
 }
 
-/// KiB of PSS of all kata-like processes of this containerd (shims: by
-/// their `-address`; VMMs and virtiofsd: by the state root), and how many
-/// VMMs there are.
-fn all_pss(cri: &Cri) -> (u64, usize) {
-    let dir = cri.containerd.kata_state.parent().unwrap_or(&cri.containerd.kata_state).display().to_string();
-    let vmms = test_infra::processes_of("kata-like-vmm", &[&dir]);
-    let count = vmms.len();
-    let all = ["containerd-shim-kata-like-v2", "virtiofsd"]
-        .iter()
-        .flat_map(|p| test_infra::processes_of(p, &[&dir]))
-        .chain(vmms)
-        .map(|p| pss(p).0)
-        .sum();
-    (all, count)
-}
-
 /// The guest kernel's memory counters (kB) that explain touched guest RAM,
 /// read inside the pod's container.
 fn guest_meminfo(cri: &Cri, container: &str) -> String {
@@ -122,24 +106,32 @@ fn process_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// Host PSS of the pods of this containerd by handler: (runc's shims with
-/// their pause and container processes; kata-like's shims, VMMs,
-/// virtiofsd), and the number of runc shims and of VMMs.
-fn density_pss(cri: &Cri) -> (Pss, [Pss; 3], usize, usize) {
-    let sum = |pids: Vec<u32>| pids.into_iter().map(pss_of).fold(Pss::default(), |a, b| a + b);
-    let socket = cri.containerd.socket().display().to_string();
-    let runc_shims = test_infra::processes_of("containerd-shim-runc-v2", &[&socket]);
-    let runc_count = runc_shims.len();
-    let runc = sum(runc_shims.into_iter().flat_map(process_tree).collect());
+fn sum_pss(pids: Vec<u32>) -> Pss {
+    pids.into_iter().map(pss_of).fold(Pss::default(), |a, b| a + b)
+}
+
+/// Host PSS of this containerd's kata-like processes (shims: by their
+/// `-address`; VMMs and virtiofsd: by the state root), as (shims, VMMs,
+/// virtiofsd), and how many VMMs there are.
+fn kata_pss(cri: &Cri) -> ([Pss; 3], usize) {
     let dir = cri.containerd.kata_state.parent().unwrap_or(&cri.containerd.kata_state).display().to_string();
     let vmms = test_infra::processes_of("kata-like-vmm", &[&dir]);
     let vmm_count = vmms.len();
     let kata = [
-        sum(test_infra::processes_of("containerd-shim-kata-like-v2", &[&dir])),
-        sum(vmms),
-        sum(test_infra::processes_of("virtiofsd", &[&dir])),
+        sum_pss(test_infra::processes_of("containerd-shim-kata-like-v2", &[&dir])),
+        sum_pss(vmms),
+        sum_pss(test_infra::processes_of("virtiofsd", &[&dir])),
     ];
-    (runc, kata, runc_count, vmm_count)
+    (kata, vmm_count)
+}
+
+/// Host PSS of this containerd's runc shims with their pause and container
+/// processes, and how many shims there are.
+fn runc_pss(cri: &Cri) -> (Pss, usize) {
+    let socket = cri.containerd.socket().display().to_string();
+    let shims = test_infra::processes_of("containerd-shim-runc-v2", &[&socket]);
+    let count = shims.len();
+    (sum_pss(shims.into_iter().flat_map(process_tree).collect()), count)
 }
 
 /// The density table: idle pods added up to each of `counts`.
@@ -161,11 +153,12 @@ fn density(cri: &Cri, counts: &[usize]) {
                 pods.push((pod, container));
             }
             std::thread::sleep(SETTLE);
-            let (runc, kata, runc_count, vmm_count) = density_pss(cri);
             if handler == "runc" {
+                let (runc, runc_count) = runc_pss(cri);
                 assert_eq!(runc_count, count, "runc shims");
                 rows.push((count, mib(runc.all) / count as f64, [Pss::default(); 3]));
             } else {
+                let (kata, vmm_count) = kata_pss(cri);
                 assert_eq!(vmm_count, count, "kata-like VMMs");
                 if let Some(row) = rows.iter_mut().find(|r| r.0 == count) {
                     row.2 = kata;
@@ -277,7 +270,8 @@ fn main() {
                 // All pods idle: what each costs on a node running several,
                 // where the binaries' pages are shared between them.
                 std::thread::sleep(std::time::Duration::from_secs(10));
-                let (kib, vms) = all_pss(&cri);
+                let (kata, vms) = kata_pss(&cri);
+                let kib: u64 = kata.iter().map(|p| p.all).sum();
                 println!(
                     "\n{vms} idle kata-like pods at once: host PSS {:.1} MiB in all, {:.1} MiB per pod",
                     mib(kib),

@@ -63,8 +63,14 @@ impl Slot {
     }
 
     fn arena_len(&self) -> u64 {
-        (u64::from(self.readable) + u64::from(self.writable)).next_multiple_of(ALIGN)
+        arena_len(u64::from(self.readable) + u64::from(self.writable))
     }
+}
+
+/// Arena bytes a request of `total` bytes takes (allocated and released
+/// alike: at least one aligned unit).
+fn arena_len(total: u64) -> u64 {
+    total.max(1).next_multiple_of(ALIGN)
 }
 
 /// The driver's side of one shadow ring.
@@ -212,7 +218,7 @@ impl ShadowRings {
         if ring.free.len() < needed {
             return Err(SlotError::Full);
         }
-        let at = self.arena.alloc(total.max(1).next_multiple_of(ALIGN)).ok_or(SlotError::Full)?;
+        let at = self.arena.alloc(arena_len(total)).ok_or(SlotError::Full)?;
         let head = ring.free.pop().ok_or(SlotError::Full)?;
         let second = if needed == 2 { ring.free.pop() } else { None };
         self.high_water = self.high_water.max(at + total);
