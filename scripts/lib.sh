@@ -8,6 +8,10 @@ ARTIFACTS=$KATA_LIKE_CACHE/artifacts
 # crt-static flags never invalidate the host build).
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GUEST_TARGET_DIR=$TARGET_DIR/guest
+# The VMM as it runs: static-pie (own target dir, like the agent's),
+# installed by content into the cache and linked from the artefacts dir.
+STATIC_TARGET_DIR=$TARGET_DIR/static
+STATIC_VMM_BIN=$STATIC_TARGET_DIR/x86_64-unknown-linux-gnu/release/kata-like-vmm
 # virtiofsd from crates.io, cached by version outside the repository.
 VIRTIOFSD_VERSION=1.14.0
 VIRTIOFSD_ROOT=$KATA_LIKE_CACHE/virtiofsd/$VIRTIOFSD_VERSION

@@ -8,7 +8,7 @@ need_root "scripts/test.sh"
 "$ROOT/scripts/build.sh"
 cd "$ROOT"
 
-export KATA_LIKE_VMM=$TARGET_DIR/release/kata-like-vmm
+export KATA_LIKE_VMM=$ARTIFACTS/kata-like-vmm
 export KATA_LIKE_CLI=$TARGET_DIR/release/kata-like
 export KATA_LIKE_KERNEL=$ARTIFACTS/vmlinux
 export KATA_LIKE_INITRD=$ARTIFACTS/initrd.cpio

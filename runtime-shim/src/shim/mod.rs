@@ -29,6 +29,22 @@ use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 
+/// One malloc arena for the whole shim, set before its threads start.
+///
+/// glibc gives each thread that allocates an arena of its own (up to eight
+/// per core); a shim's threads (runtime workers, RPCs waiting on the guest,
+/// stdio relays) allocate little and seldom, so the extra arenas were a few
+/// hundred KiB of mostly empty dirty pages per pod (docs/benchmarks.md,
+/// "Shim memory"). No crate exposes mallopt beyond `libc`.
+pub fn one_malloc_arena() {
+    // SAFETY: mallopt only changes allocator tuning; called before any other
+    // thread exists, so no allocation races with the change.
+    let done = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if done != 1 {
+        tracing::debug!("mallopt(M_ARENA_MAX) refused; keeping glibc's default arenas");
+    }
+}
+
 /// The annotation grouping containers of one pod into one shim.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 

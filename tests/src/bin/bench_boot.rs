@@ -1,7 +1,11 @@
 //! Boot benchmark for docs/benchmarks.md: kata-like-vmm and QEMU microvm
 //! boot the same kernel and initramfs, interleaved, on this machine.
 //!
-//!   cargo run --release -p kata-like-tests --bin bench_boot -- [RUNS]
+//!   cargo run --release -p kata-like-tests --bin bench_boot -- [RUNS] [BASELINE_VMM]
+//!
+//! BASELINE_VMM (another kata-like-vmm build, e.g. the dynamically linked
+//! `target/release/kata-like-vmm`) adds a column booted in the same
+//! interleave, with ours/baseline ratios.
 //!
 //! Per run and VMM (medians printed, with kata-like/QEMU ratios):
 //! * spawn → first KVM_RUN: CLOCK_MONOTONIC before spawn vs. at the first
@@ -111,6 +115,8 @@ fn watch_console(child: &mut Child) -> mpsc::Receiver<u64> {
 fn kata_like_run(art: &Artifacts, probe: &Path, dir: &Path) -> (Run, String) {
     let uds = dir.join("v.sock");
     let probe_out = dir.join("probe-ours");
+    // A static VMM writes no probe file: none may be left from a run before.
+    let _ = std::fs::remove_file(&probe_out);
     let log = dir.join("vmm.log");
     let spawned = monotonic_ns();
     let mut child = Command::new(&art.vmm)
@@ -152,8 +158,12 @@ fn kata_like_run(art: &Artifacts, probe: &Path, dir: &Path) -> (Run, String) {
     }
     let _ = child.kill();
     let _ = child.wait();
-    run.first_kvm_run_ms = probe_ms(&probe_out, spawned);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+    // A static VMM ignores LD_PRELOAD: its own "first KVM_RUN" line (logged
+    // just before the first ioctl) stands in for the probe.
+    run.first_kvm_run_ms = probe_ms(&probe_out, spawned).or_else(|| {
+        log_value(&text, "first KVM_RUN", "monotonic_ns").map(|ns| ns.saturating_sub(spawned) as f64 / 1e6)
+    });
     run.boot_timer_ms = log_value(&text, "boot-timer", "us_since_start").map(|us| us as f64 / 1e3);
     let cmdline = text
         .lines()
@@ -228,7 +238,9 @@ fn fmt(v: Option<f64>, unit: &str) -> String {
 
 fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let baseline_vmm = std::env::args().nth(2).map(PathBuf::from);
     let art = Artifacts::locate().unwrap_or_else(|e| panic!("{e}"));
+    let baseline_art = baseline_vmm.map(|vmm| Artifacts { vmm, ..art.clone() });
     let dir = tempfile::tempdir().expect("tmp");
     let probe = dir.path().join("kvm_run_probe.so");
     let source: PathBuf = test_infra::workspace_root().join("tests/bench/kvm_run_probe.c");
@@ -236,11 +248,16 @@ fn main() {
         Command::new("cc").args(["-shared", "-fPIC", "-O2", "-o"]).arg(&probe).arg(&source).arg("-ldl").status();
     assert!(status.is_ok_and(|s| s.success()), "cannot build {}", source.display());
 
-    let (mut ours, mut qemu) = (Vec::new(), Vec::new());
+    let (mut ours, mut baseline, mut qemu) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let (run, cmdline) = kata_like_run(&art, &probe, dir.path());
         eprintln!("run {i} kata-like: {run:?}");
         ours.push(run);
+        if let Some(base) = &baseline_art {
+            let (run, _) = kata_like_run(base, &probe, dir.path());
+            eprintln!("run {i} baseline:  {run:?}");
+            baseline.push(run);
+        }
         let run = qemu_run(&art, &probe, dir.path(), &cmdline);
         eprintln!("run {i} qemu:      {run:?}");
         qemu.push(run);
@@ -259,14 +276,25 @@ fn main() {
         ("RSS: VMM overhead (total − guest RAM)", overhead, "MiB"),
         ("RSS: guest RAM touched", guest, "MiB"),
     ];
-    println!("| measure (median of {runs}) | kata-like-vmm | QEMU microvm | kata-like / QEMU |");
-    println!("|---|---|---|---|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "n/a".into(),
+    };
+    let with_baseline = baseline_art.is_some();
+    if with_baseline {
+        println!("| measure (median of {runs}) | kata-like-vmm | baseline VMM | QEMU microvm | ours / baseline | ours / QEMU |");
+        println!("|---|---|---|---|---|---|");
+    } else {
+        println!("| measure (median of {runs}) | kata-like-vmm | QEMU microvm | kata-like / QEMU |");
+        println!("|---|---|---|---|");
+    }
     for (name, f, unit) in rows {
-        let (a, b) = (pick(&ours, f), pick(&qemu, f));
-        let ratio = match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
-            _ => "n/a".into(),
-        };
-        println!("| {name} | {} | {} | {ratio} |", fmt(a, unit), fmt(b, unit));
+        let (a, b, q) = (pick(&ours, f), pick(&baseline, f), pick(&qemu, f));
+        if with_baseline {
+            let (fa, fb, fq) = (fmt(a, unit), fmt(b, unit), fmt(q, unit));
+            println!("| {name} | {fa} | {fb} | {fq} | {} | {} |", ratio(a, b), ratio(a, q));
+        } else {
+            println!("| {name} | {} | {} | {} |", fmt(a, unit), fmt(q, unit), ratio(a, q));
+        }
     }
 }
