@@ -45,6 +45,9 @@ pub struct RuntimeConfig {
     pub virtiofsd_cache: String,
     /// More virtiofsd arguments.
     pub virtiofsd_args: Vec<String>,
+    /// More `kata-like-vmm` arguments, for debugging (e.g.
+    /// `["--profile-rip=/run/p.txt"]` with `jail = false`).
+    pub vmm_args: Vec<String>,
     /// Seconds from VMM start until the agent must answer.
     pub boot_timeout_secs: u64,
     /// Seconds an agent RPC may take (long polls excepted).
@@ -105,6 +108,7 @@ impl Default for RuntimeConfig {
             virtiofsd: crate::artifacts::default_virtiofsd(),
             virtiofsd_cache: "auto".into(),
             virtiofsd_args: Vec::new(),
+            vmm_args: Vec::new(),
             boot_timeout_secs: 180,
             rpc_timeout_secs: 60,
             max_concurrent_boots: None,

@@ -138,7 +138,7 @@ impl VmSpec {
             extra_cmdline: Some(config.kernel_params.clone()).filter(|p| !p.is_empty()),
             boot_timeout: config.boot_timeout(),
             state_parent: None,
-            vmm_args: Vec::new(),
+            vmm_args: config.vmm_args.clone(),
             state_dir: Some(state_dir),
             shared: Some(super::virtiofsd::SharedFs {
                 virtiofsd: config.virtiofsd.clone(),
