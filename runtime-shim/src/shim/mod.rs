@@ -38,11 +38,10 @@ use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 /// "Shim memory"). No crate exposes mallopt beyond `libc`.
 pub fn one_malloc_arena() {
     // SAFETY: mallopt only changes allocator tuning; called before any other
-    // thread exists, so no allocation races with the change.
-    let done = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    if done != 1 {
-        tracing::debug!("mallopt(M_ARENA_MAX) refused; keeping glibc's default arenas");
-    }
+    // thread exists, so no allocation races with the change. Its result is
+    // not checked: this runs before logging is set up, and a libc that
+    // refuses keeps its default arenas, which only costs memory.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
 
 /// The annotation grouping containers of one pod into one shim.
