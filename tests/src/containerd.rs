@@ -237,6 +237,17 @@ impl Containerd {
         c
     }
 
+    /// Starts `ctr ARGS...` in the background with stdin and stdout closed
+    /// and stderr piped (for its error, once it exits).
+    pub fn spawn_ctr(&self, args: &[&str]) -> Result<Child, String> {
+        self.ctr_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("ctr: {e}"))
+    }
+
     /// `ctr run --rm --runtime kata-like IMAGE ID ARGS...`: stdout, stderr, code.
     pub fn run(&self, id: &str, extra: &[&str], args: &[&str]) -> (String, String, i32) {
         let mut all = vec!["run", "--rm", "--runtime", RUNTIME];

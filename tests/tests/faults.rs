@@ -257,13 +257,7 @@ fn one_life(
         args.extend(["--with-ns", with_ns.as_str()]);
     }
     args.extend([IMAGE, id, "sh", "-c", "echo up; exec sleep 100000"]);
-    let mut run: Child = c
-        .ctr_command(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("ctr: {e}"))?;
+    let mut run: Child = c.spawn_ctr(&args)?;
     // Kill at the drawn point, or as soon as the target exists after it.
     let give_up = started + LIFE + Duration::from_secs(600);
     let mut ran = None;

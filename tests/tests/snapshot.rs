@@ -85,6 +85,17 @@ fn a_snapshot_restores_mid_workload_five_times_over_each_vm_distinct() {
     let template_md5 = sh(&vm, "head -c 2097152 /dev/urandom > /tmp/template-data && md5sum < /tmp/template-data");
     let before = counter(&vm);
     assert!(before > 0, "the counter runs");
+    // KVM's exit counters through the control socket: a command in the
+    // guest costs exits (virtio notifications, interrupts, halts).
+    let exits = |vm: &SandboxVm| {
+        let stats = vm.kvm_stats().expect("KVM statistics from the control socket");
+        (stats.get("exits").copied().unwrap_or(0), stats.get("irq_injections").copied().unwrap_or(0))
+    };
+    let (exits_before, irqs_before) = exits(&vm);
+    assert!(exits_before > 0 && irqs_before > 0, "a booted VM has exited and taken interrupts");
+    sh(&vm, "true");
+    let (exits_after, irqs_after) = exits(&vm);
+    assert!(exits_after > exits_before && irqs_after > irqs_before, "a command costs exits and interrupts");
     let (ram, data) = vm.snapshot(&snapshot).expect("snapshot");
     assert_eq!(ram, 128 << 20);
     assert!(data > 0 && data < ram, "the memory file is sparse: {data} of {ram} bytes");

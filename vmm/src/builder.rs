@@ -353,6 +353,9 @@ impl Vmm {
             let fd = vm.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
             vcpus.push(Vcpu::restore(fd, saved, &ctx)?);
         }
+        for transport in &devices.transports {
+            crate::devices::bus::lock(transport).vcpus_restored();
+        }
         step("vCPUs");
 
         // 6. The memory checked; life-cycle control and control socket.
@@ -612,8 +615,17 @@ fn into_vmm(
     event_manager.add_subscriber(control.clone());
     let vm = Arc::new(vm);
     if let Some(path) = &options.api_sock {
+        // KVM's exit counters for `{"action":"stats"}`; a host without
+        // KVM_GET_STATS_FD (before Linux 5.14) just has none to report.
+        let kvm_stats = vcpus
+            .iter()
+            .filter_map(|vcpu| {
+                vcpu.stats().map_err(|e| tracing::debug!(error = %e, "no KVM statistics for a vCPU")).ok()
+            })
+            .collect();
         let controller =
-            Controller::new(vm.clone(), mem, ctx.gate, vcpus.len(), transports, serial.clone(), config.clone());
+            Controller::new(vm.clone(), mem, ctx.gate, vcpus.len(), transports, serial.clone(), config.clone())
+                .with_kvm_stats(kvm_stats);
         let server =
             ApiServer::bind(path, controller).map_err(|source| BuildError::Api { path: path.clone(), source })?;
         event_manager.add_subscriber(Arc::new(Mutex::new(server)));

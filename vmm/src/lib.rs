@@ -25,6 +25,7 @@ pub mod exit;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz;
 pub mod jail;
+pub mod kvm_stats;
 pub mod memory;
 pub mod options;
 pub mod pause;

@@ -149,6 +149,11 @@ impl Vcpu {
         })
     }
 
+    /// This vCPU's KVM statistics (exit counters), readable from any thread.
+    pub fn stats(&self) -> std::io::Result<crate::kvm_stats::VcpuStats> {
+        crate::kvm_stats::VcpuStats::open(&self.fd)
+    }
+
     /// Runs the vCPU on a new thread named `vcpu<N>`, under the vCPU
     /// seccomp filter.
     pub fn spawn(self, seccomp: SeccompMode) -> std::io::Result<std::thread::JoinHandle<()>> {

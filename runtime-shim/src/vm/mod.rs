@@ -531,6 +531,13 @@ impl SandboxVm {
         Ok((response.ram_bytes.unwrap_or(0), response.data_bytes.unwrap_or(0)))
     }
 
+    /// KVM's counters of the VM summed over its vCPUs (exits by kind,
+    /// interrupts injected, ...), from the VMM's control socket.
+    pub fn kvm_stats(&self) -> Result<std::collections::BTreeMap<String, u64>, SandboxError> {
+        let response = self.control(&api::Request::Stats)?;
+        response.stats.ok_or_else(|| SandboxError::Control("the VMM answered stats without any".into()))
+    }
+
     /// Pauses the vCPUs.
     pub fn pause(&self) -> Result<(), SandboxError> {
         self.control(&api::Request::Pause).map(|_| ())

@@ -2,7 +2,11 @@
 //! `ctr run --rm IMAGE ID seq 1 N` with at least MB megabytes of output,
 //! through runc and through kata-like in one private containerd.
 //!
-//!   cargo run --release -p kata-like-tests --bin bench_output -- [MB]
+//!   cargo run --release -p kata-like-tests --bin bench_output -- [MB [BASELINE_CONFIG]]
+//!
+//! With BASELINE_CONFIG (a kata-like runtime config naming, say, an older
+//! guest kernel and VMM), the same run goes a third time through kata-like
+//! with that config, for a before/after ratio in the same run.
 //!
 //! Every byte ctr prints is checked, as it streams, against what `seq`
 //! must print (complete, in order, nothing after the last line), and the
@@ -136,11 +140,20 @@ fn run(c: &Containerd, extra: &[&str], id: &str, last: u64) -> Result<(f64, u64)
 
 fn main() {
     let mb: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let baseline = std::env::args().nth(2);
     let last = lines_for(mb * 1_000_000);
     let c = Containerd::start().unwrap_or_else(|e| panic!("{e}"));
 
     let (runc_secs, runc_bytes) = run(&c, &[], "out-r", last).unwrap_or_else(|e| panic!("runc: {e}"));
     eprintln!("runc: {runc_bytes} bytes in {runc_secs:.1} s");
+
+    // Warm-ups, not timed: the first sandbox of a config builds its VM
+    // template.
+    run(&c, &["--runtime", RUNTIME], "warm-k", 10).unwrap_or_else(|e| panic!("kata-like warm-up: {e}"));
+    if let Some(config) = &baseline {
+        let extra = ["--runtime", RUNTIME, "--runtime-config-path", config.as_str()];
+        run(&c, &extra, "warm-b", 10).unwrap_or_else(|e| panic!("kata-like, baseline warm-up: {e}"));
+    }
 
     // Sample the kata-like shim and VMM while the output streams.
     let done = Arc::new(AtomicBool::new(false));
@@ -162,13 +175,25 @@ fn main() {
     let (shim_kib, vmm_kib) = sampler.join().unwrap_or((0, 0));
     let (secs, bytes) = ours.unwrap_or_else(|e| panic!("kata-like: {e}"));
     eprintln!("kata-like: {bytes} bytes in {secs:.1} s");
+    let base = baseline.as_ref().map(|config| {
+        let extra = ["--runtime", RUNTIME, "--runtime-config-path", config.as_str()];
+        let (s, b) = run(&c, &extra, "out-b", last).unwrap_or_else(|e| panic!("kata-like, baseline: {e}"));
+        eprintln!("kata-like, baseline config: {b} bytes in {s:.1} s");
+        s
+    });
 
     let mib = bytes as f64 / (1024.0 * 1024.0);
     println!("\n`ctr run --rm IMAGE ID seq 1 {last}` ({bytes} bytes, checked line by line)\n");
     println!("| runtime | seconds | MiB/s |\n|---|---|---|");
     println!("| runc | {runc_secs:.1} | {:.1} |", mib / runc_secs);
     println!("| kata-like | {secs:.1} | {:.2} |", mib / secs);
+    if let (Some(base), Some(config)) = (base, &baseline) {
+        println!("| kata-like, baseline ({config}) | {base:.1} | {:.2} |", mib / base);
+    }
     println!("\nkata-like / runc time: {:.0}×", secs / runc_secs);
+    if let Some(base) = base {
+        println!("kata-like / baseline time: {:.2}", secs / base);
+    }
     println!(
         "peak RSS during the run: shim {:.1} MiB, VMM {:.1} MiB (guest RAM included)",
         shim_kib as f64 / 1024.0,

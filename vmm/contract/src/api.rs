@@ -7,11 +7,12 @@
 //! {"action":"snapshot","path":"/dir"}     -> {"ok":true,"state":"paused","ram_bytes":..,"data_bytes":..,"ms":..}
 //! {"action":"resume"}                     -> {"ok":true,"state":"running"}
 //! {"action":"status"}                     -> {"ok":true,"state":"running"}
+//! {"action":"stats"}                      -> {"ok":true,"state":"running","stats":{"exits":..,"io_exits":..,..}}
 //! anything else                           -> {"ok":false,"error":"..."}
 //! ```
 //!
 //! The VMM serves these (its `api` module); the runtime and the tests call
-//! [`call`]. Hand-written rather than Firecracker's HTTP API: three verbs on
+//! [`call`]. Hand-written rather than Firecracker's HTTP API: a few verbs on
 //! a local socket need no HTTP stack, and serde_json is already here.
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +38,9 @@ pub enum Request {
     },
     /// Report whether the VM runs.
     Status,
+    /// Report KVM's counters (exits by kind, interrupts injected, ...)
+    /// summed over the vCPUs.
+    Stats,
 }
 
 /// The answer to a [`Request`].
@@ -59,6 +63,9 @@ pub struct Response {
     /// Snapshot: milliseconds from request to files written, pause included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<u64>,
+    /// Stats: KVM's scalar statistics by name, summed over the vCPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Sends one request to a VMM's control socket and returns its answer
@@ -85,6 +92,7 @@ mod tests {
         let snap: Request = serde_json::from_str(r#"{"action":"snapshot","path":"/x"}"#).expect("parses");
         assert_eq!(snap, Request::Snapshot { path: "/x".into() });
         assert_eq!(serde_json::to_string(&Request::Pause).expect("json"), r#"{"action":"pause"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"action":"stats"}"#).expect("parses"), Request::Stats);
         assert!(serde_json::from_str::<Request>(r#"{"action":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"action":"snapshot"}"#).is_err(), "path is required");
     }

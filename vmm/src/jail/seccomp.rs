@@ -177,9 +177,19 @@ const DEVICE_IO: &[Syscall] = &syscalls![
 ];
 
 /// What only the VMM thread does: accept host connections, write
-/// snapshots and the profile, remove its sockets on exit.
-const VMM_ONLY: &[Syscall] =
-    &syscalls![SYS_accept4, SYS_setsockopt, SYS_openat, SYS_mkdir, SYS_unlink, SYS_rename, SYS_fsync, SYS_pwrite64,];
+/// snapshots and the profile, read KVM's statistics, remove its sockets on
+/// exit.
+const VMM_ONLY: &[Syscall] = &syscalls![
+    SYS_accept4,
+    SYS_setsockopt,
+    SYS_openat,
+    SYS_mkdir,
+    SYS_unlink,
+    SYS_rename,
+    SYS_fsync,
+    SYS_pwrite64,
+    SYS_pread64,
+];
 
 const FIONBIO: u64 = libc::FIONBIO;
 

@@ -357,10 +357,19 @@ impl MmioTransport {
             let mut device = lock(&self.device);
             device.check_restorable(&states)?;
             device.activate(ctx).map_err(|e| e.to_string())?;
-            device.restored();
             self.activated = true;
         }
         Ok(())
+    }
+
+    /// Tells a restored, activated device that the vCPUs are back
+    /// ([`VirtioDevice::restored`]). Not part of [`MmioTransport::restore`]:
+    /// an interrupt raised before the vCPUs' saved local APIC state is
+    /// loaded would be lost with it.
+    pub fn vcpus_restored(&self) {
+        if self.activated {
+            lock(&self.device).restored();
+        }
     }
 }
 

@@ -135,8 +135,10 @@ pub trait VirtioDevice: Send {
     fn check_restorable(&self, _device_queues: &[QueueState]) -> Result<(), String> {
         Ok(())
     }
-    /// Called once on a device activated from a snapshot, before the vCPUs
-    /// run (vsock tells the guest its connections are gone).
+    /// Called once on a device activated from a snapshot, after the vCPUs'
+    /// saved state is loaded and before they run, so that an interrupt it
+    /// raises reaches the guest (vsock tells the guest its connections are
+    /// gone).
     fn restored(&mut self) {}
 }
 

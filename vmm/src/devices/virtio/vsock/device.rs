@@ -9,10 +9,12 @@
 use crate::devices::virtio::Counters;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::metrics::VsockMetrics as M;
 use super::muxer::{HybridVsockMuxer, MuxerError};
@@ -31,6 +33,17 @@ pub const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 16];
 /// virtio-vsock event id: the transport was reset (virtio 1.2, 5.10.6.5).
 const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+/// Consumed TX buffers returned to the guest together, under one interrupt.
+///
+/// A TX buffer's return only lets the guest free its packet: its data has
+/// already gone to the host socket. Returning each one at once costs the
+/// guest an interrupt, and with it a wake-up of its TX worker, per packet;
+/// batching costs nothing but holding a few packets' memory a little
+/// longer. At most `TX_USED_BATCH - 1` of the 256 ring slots are held.
+pub(super) const TX_USED_BATCH: usize = 16;
+/// The longest a consumed TX buffer waits for its batch: the guest's
+/// packets are freed in bounded time when it stops sending.
+pub(super) const TX_USED_DELAY: Duration = Duration::from_millis(20);
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -51,6 +64,11 @@ pub struct Vsock {
     /// Payload bytes on their way between a chain and the muxer (at most
     /// `MAX_PKT_DATA`; reused for every packet).
     scratch: Vec<u8>,
+    /// Heads of TX chains consumed and not yet returned ([`TX_USED_BATCH`]).
+    tx_used: Vec<u16>,
+    /// Fires [`TX_USED_DELAY`] after a TX buffer was held back.
+    pub(super) tx_timer: TimerFd,
+    tx_timer_armed: bool,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -71,6 +89,9 @@ pub enum VsockError {
     /// An eventfd could not be created.
     #[error("vsock eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The TX batching timer could not be created.
+    #[error("vsock timerfd: {0}")]
+    TimerFd(std::io::Error),
 }
 
 impl Vsock {
@@ -85,6 +106,7 @@ impl Vsock {
             .iter()
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd))
             .collect::<Result<_, _>>()?;
+        let tx_timer = TimerFd::new().map_err(|e| VsockError::TimerFd(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Vsock {
             cid,
             config: cid.to_le_bytes(),
@@ -95,6 +117,9 @@ impl Vsock {
             active: None,
             tx_paused: false,
             scratch: Vec::new(),
+            tx_used: Vec::with_capacity(TX_USED_BATCH),
+            tx_timer,
+            tx_timer_armed: false,
         })
     }
 
@@ -114,6 +139,7 @@ impl Vsock {
     }
 
     fn signal_used(&self) {
+        M::inc(&self.metrics.interrupts);
         if let Err(e) = self.interrupt.trigger(INT_VRING) {
             tracing::error!(error = %e, "vsock: cannot raise the interrupt");
         }
@@ -218,16 +244,15 @@ impl Vsock {
 
     /// Hands the guest's packets to the muxer.
     pub fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else { return };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TXQ];
-        let mut used = false;
         loop {
             if self.muxer.rx_backlogged() {
                 // Replies would pile up: wait until the guest takes them.
                 self.tx_paused = true;
                 break;
             }
+            let Some(active) = self.active.as_mut() else { return };
+            let mem = &active.mem;
+            let queue = &mut active.queues[TXQ];
             let Some(chain) = crate::devices::virtio::next_chain(queue, mem, &self.metrics.bad_descriptors) else {
                 break;
             };
@@ -239,13 +264,45 @@ impl Vsock {
                     M::inc(&self.metrics.bad_descriptors);
                 }
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
-                break;
+            self.tx_used.push(head);
+            if self.tx_used.len() >= TX_USED_BATCH {
+                self.return_tx_used();
             }
-            used = true;
         }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
+        if !self.tx_used.is_empty() && !self.tx_timer_armed {
+            match self.tx_timer.reset(TX_USED_DELAY, None) {
+                Ok(()) => self.tx_timer_armed = true,
+                // Without the timer the buffers wait for the next batch.
+                Err(e) => tracing::warn!(error = %e, "vsock: cannot arm the TX batching timer"),
+            }
+        }
+    }
+
+    /// The TX batching timer fired: returns what it held back.
+    pub(super) fn tx_timer_fired(&mut self) {
+        // Never disarmed once armed, so it has expired: this read returns.
+        let _ = self.tx_timer.wait();
+        self.tx_timer_armed = false;
+        self.return_tx_used();
+    }
+
+    /// Returns the consumed TX buffers to the guest, with one interrupt if
+    /// the driver asked for one.
+    fn return_tx_used(&mut self) {
+        if self.tx_used.is_empty() {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            self.tx_used.clear();
+            return;
+        };
+        let queue = &mut active.queues[TXQ];
+        for head in self.tx_used.drain(..) {
+            if let Err(e) = queue.add_used(&active.mem, head, 0) {
+                tracing::warn!(error = %e, "vsock: cannot return a TX buffer");
+            }
+        }
+        if queue.needs_notification(&active.mem).unwrap_or(true) {
             self.signal_used();
         }
     }
@@ -293,12 +350,15 @@ impl VirtioDevice for Vsock {
     fn reset(&mut self) {
         self.active = None;
         self.tx_paused = false;
+        self.tx_used.clear();
         self.muxer.set_active(false);
     }
 
     fn quiesce(&mut self) -> Result<Vec<QueueState>, String> {
         // The queues are only processed on the VMM thread, which is the
-        // one taking the snapshot: nothing runs concurrently.
+        // one taking the snapshot: nothing runs concurrently. Buffers held
+        // for a batch go back first, or the saved queue would lose them.
+        self.return_tx_used();
         let active = self.active.as_ref().ok_or("vsock is not active")?;
         Ok(active.queues.iter().map(|q| q.state()).collect())
     }

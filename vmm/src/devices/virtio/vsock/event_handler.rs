@@ -1,13 +1,17 @@
 //! Wires the vsock device into the VMM thread's event-manager loop: the
-//! three queue eventfds (guest kicks) and the muxer's epoll fd.
+//! three queue eventfds (guest kicks), the muxer's epoll fd and the timer
+//! that returns held-back TX buffers.
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
 use super::device::{Vsock, EVQ, RXQ, TXQ};
+use super::metrics::VsockMetrics as M;
+use crate::devices::virtio::Counters;
 use crate::devices::virtio::VirtioDevice;
 
 const MUXER: u32 = 3;
+const TX_TIMER: u32 = 4;
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
@@ -21,13 +25,21 @@ impl MutEventSubscriber for Vsock {
             register(evt.as_raw_fd(), index as u32);
         }
         register(self.muxer.epoll_fd(), MUXER);
+        {
+            use std::os::fd::AsRawFd;
+            register(self.tx_timer.as_raw_fd(), TX_TIMER);
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let source = events.data();
         if let Some(evt) = self.queue_events().get(source as usize) {
-            // Consume the kick; the queues are read below regardless.
-            let _ = evt.read();
+            // Consume the kicks (the count since the last read); the queues
+            // are read below regardless.
+            let kicks = evt.read().unwrap_or(0);
+            if source as usize == TXQ {
+                M::add(&self.metrics.tx_kicks, kicks);
+            }
         }
         match source as usize {
             RXQ => self.process_rx(),
@@ -37,6 +49,7 @@ impl MutEventSubscriber for Vsock {
             }
             EVQ => {}
             _ if source == MUXER => self.process_backend(),
+            _ if source == TX_TIMER => self.tx_timer_fired(),
             _ => tracing::warn!(source, "vsock: event from an unknown source"),
         }
     }

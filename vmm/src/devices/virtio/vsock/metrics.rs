@@ -25,6 +25,10 @@ pub struct VsockMetrics {
     pub rst_sent: AtomicU64,
     /// Descriptor chains that were not valid packets.
     pub bad_descriptors: AtomicU64,
+    /// Guest notifications (kicks) on the TX queue.
+    pub tx_kicks: AtomicU64,
+    /// Interrupts raised (used buffers on any queue).
+    pub interrupts: AtomicU64,
     /// Packets that broke the protocol (wrong CID or type, credit overrun,
     /// unexpected op); each resets its connection.
     pub protocol_errors: AtomicU64,
@@ -44,6 +48,8 @@ impl VsockMetrics {
             ("conns_removed", &self.conns_removed),
             ("conns_refused", &self.conns_refused),
             ("rst_sent", &self.rst_sent),
+            ("tx_kicks", &self.tx_kicks),
+            ("interrupts", &self.interrupts),
             ("bad_descriptors", &self.bad_descriptors),
             ("protocol_errors", &self.protocol_errors),
         ])
