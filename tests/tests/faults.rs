@@ -225,6 +225,12 @@ fn kill_agent(uds: &std::path::Path) -> bool {
     }
 }
 
+/// Whether the shim of sandbox `id` gave up restoring its template and
+/// booted cold (the restored VM died before its agent was ready).
+fn restore_fell_back(c: &Containerd, id: &str) -> bool {
+    c.log_lines_with(&format!("kata-state/{id}/vmm/")).lines().any(|l| l.contains("restoring template"))
+}
+
 /// A RunProcess request for `sh -c script`, bounded by `timeout`.
 fn shell(script: &str, timeout: Duration) -> RunProcessRequest {
     let mut req = RunProcessRequest::new();
@@ -292,10 +298,23 @@ fn one_life(
         std::thread::sleep(Duration::from_millis(50));
     }
     // containerd sees the task exit (or no task at all).
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut deadline = Instant::now() + Duration::from_secs(180);
+    let mut replacement_killed = false;
     loop {
         match task_status(c, id).as_deref() {
             None | Some("STOPPED") => break,
+            Some("RUNNING") if target == Target::Agent && !replacement_killed && restore_fell_back(c, id) => {
+                // The kill reached the template VM during its restore, and
+                // the runtime booted the sandbox cold instead (its fallback
+                // for a restore that fails): the container runs in a VM the
+                // kill never reached. Kill that VM's agent too.
+                if kill(c, id, target) {
+                    replacement_killed = true;
+                    deadline = Instant::now() + Duration::from_secs(180);
+                } else {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
             Some(other) if Instant::now() > deadline => {
                 return Err(format!("task still {other} 180 s after {target:?} was killed"));
             }
@@ -311,9 +330,14 @@ fn one_life(
     let recovery = started.elapsed() - killed_after;
     Ok((
         format!(
-            "{target:?} killed after {:.1} s ({phase}{}), all gone {:.1} s later",
+            "{target:?} killed after {:.1} s ({phase}{}{}), all gone {:.1} s later",
             killed_after.as_secs_f64(),
             if netns.is_some() { ", pod NIC" } else { "" },
+            if replacement_killed {
+                "; it was the restoring template VM, killed again in the cold-booted one"
+            } else {
+                ""
+            },
             recovery.as_secs_f64()
         ),
         recovery,

@@ -149,7 +149,9 @@ impl Vcpu {
         })
     }
 
-    /// This vCPU's KVM statistics (exit counters), readable from any thread.
+    /// This vCPU's KVM statistics (exit counters). Opening takes the vCPU's
+    /// lock in KVM (call it before the vCPU runs); the file it returns is
+    /// then readable from any thread at any time.
     pub fn stats(&self) -> std::io::Result<crate::kvm_stats::VcpuStats> {
         crate::kvm_stats::VcpuStats::open(&self.fd)
     }

@@ -363,12 +363,22 @@ impl MmioTransport {
     }
 
     /// Tells a restored, activated device that the vCPUs are back
-    /// ([`VirtioDevice::restored`]). Not part of [`MmioTransport::restore`]:
+    /// ([`VirtioDevice::restored`]), and raises the IRQ again if the
+    /// interrupt status is not clear. Not part of [`MmioTransport::restore`]:
     /// an interrupt raised before the vCPUs' saved local APIC state is
-    /// loaded would be lost with it.
+    /// loaded is lost with it — those of the snapshot's last moments (a
+    /// device's quiesce returning buffers after the interrupt controllers
+    /// were saved) and those of the activation at restore (a device
+    /// looking at its queues). The status bits survive both; the guest's
+    /// handler reads them and finds the used buffers.
     pub fn vcpus_restored(&self) {
         if self.activated {
             lock(&self.device).restored();
+        }
+        if self.interrupt.status() != 0 {
+            if let Err(e) = self.interrupt.irqfd().write(1) {
+                tracing::warn!(error = %e, device_type = self.device_type, "cannot raise a restored device's pending interrupt");
+            }
         }
     }
 }

@@ -280,6 +280,10 @@ impl Vsock {
 
     /// The TX batching timer fired: returns what it held back.
     pub(super) fn tx_timer_fired(&mut self) {
+        if !self.tx_timer_armed {
+            // Not ours to read: the read below would block on an idle timer.
+            return;
+        }
         // Never disarmed once armed, so it has expired: this read returns.
         let _ = self.tx_timer.wait();
         self.tx_timer_armed = false;
