@@ -44,6 +44,8 @@ pub(super) const TX_USED_BATCH: usize = 16;
 /// The longest a consumed TX buffer waits for its batch: the guest's
 /// packets are freed in bounded time when it stops sending.
 pub(super) const TX_USED_DELAY: Duration = Duration::from_millis(20);
+/// The longest host data waits for the guest to take a transport reset.
+const RESET_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Active {
     mem: GuestMemoryMmap,
@@ -69,6 +71,13 @@ pub struct Vsock {
     /// Fires [`TX_USED_DELAY`] after a TX buffer was held back.
     pub(super) tx_timer: TimerFd,
     tx_timer_armed: bool,
+    /// After a transport reset: the guest's event-queue available index
+    /// then, and when. Until the guest has taken the reset (it refills the
+    /// event buffer, moving that index), nothing goes to its RX queue: a
+    /// host connection it accepted first would be closed by the reset that
+    /// its own workqueue handles after the RX work (Linux queues both from
+    /// one interrupt, RX first), leaving the host end talking to nobody.
+    reset_unseen: Option<(std::num::Wrapping<u16>, std::time::Instant)>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -120,6 +129,7 @@ impl Vsock {
             tx_used: Vec::with_capacity(TX_USED_BATCH),
             tx_timer,
             tx_timer_armed: false,
+            reset_unseen: None,
         })
     }
 
@@ -145,8 +155,39 @@ impl Vsock {
         }
     }
 
+    /// Whether the guest has taken the last transport reset (or gave up
+    /// waiting for it); if not, the timer looks again.
+    fn reset_taken(&mut self) -> bool {
+        let Some((avail_then, since)) = self.reset_unseen else { return true };
+        let Some(active) = self.active.as_ref() else { return true };
+        let now = active.queues[EVQ].avail_idx(&active.mem, std::sync::atomic::Ordering::Acquire).ok();
+        let timed_out = since.elapsed() >= RESET_ACK_TIMEOUT;
+        if now.is_some_and(|idx| idx != avail_then) || timed_out {
+            if timed_out {
+                tracing::warn!("vsock: the guest did not refill its event buffer after the transport reset; going on");
+            }
+            self.reset_unseen = None;
+            return true;
+        }
+        self.arm_timer();
+        false
+    }
+
+    fn arm_timer(&mut self) {
+        if !self.tx_timer_armed {
+            match self.tx_timer.reset(TX_USED_DELAY, None) {
+                Ok(()) => self.tx_timer_armed = true,
+                // Without the timer the work waits for the next event.
+                Err(e) => tracing::warn!(error = %e, "vsock: cannot arm the device timer"),
+            }
+        }
+    }
+
     /// Moves packets the muxer has for the guest into RX buffers.
     pub fn process_rx(&mut self) {
+        if !self.reset_taken() {
+            return;
+        }
         let Some(active) = self.active.as_mut() else { return };
         let mem = &active.mem;
         let queue = &mut active.queues[RXQ];
@@ -231,6 +272,11 @@ impl Vsock {
             tracing::warn!(error = %e, "vsock: cannot return the event buffer");
             return;
         }
+        if written != 0 {
+            if let Ok(idx) = queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+                self.reset_unseen = Some((idx, std::time::Instant::now()));
+            }
+        }
         tracing::info!("vsock: sent the guest a transport reset");
         self.signal_used();
     }
@@ -269,16 +315,13 @@ impl Vsock {
                 self.return_tx_used();
             }
         }
-        if !self.tx_used.is_empty() && !self.tx_timer_armed {
-            match self.tx_timer.reset(TX_USED_DELAY, None) {
-                Ok(()) => self.tx_timer_armed = true,
-                // Without the timer the buffers wait for the next batch.
-                Err(e) => tracing::warn!(error = %e, "vsock: cannot arm the TX batching timer"),
-            }
+        if !self.tx_used.is_empty() {
+            self.arm_timer();
         }
     }
 
-    /// The TX batching timer fired: returns what it held back.
+    /// The device timer fired: returns the TX buffers held back, and looks
+    /// again whether RX may go on after a transport reset.
     pub(super) fn tx_timer_fired(&mut self) {
         if !self.tx_timer_armed {
             // Not ours to read: the read below would block on an idle timer.
@@ -288,6 +331,9 @@ impl Vsock {
         let _ = self.tx_timer.wait();
         self.tx_timer_armed = false;
         self.return_tx_used();
+        if self.reset_unseen.is_some() {
+            self.process_rx();
+        }
     }
 
     /// Returns the consumed TX buffers to the guest, with one interrupt if
@@ -355,6 +401,7 @@ impl VirtioDevice for Vsock {
         self.active = None;
         self.tx_paused = false;
         self.tx_used.clear();
+        self.reset_unseen = None;
         self.muxer.set_active(false);
     }
 
