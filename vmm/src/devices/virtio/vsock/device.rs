@@ -68,9 +68,10 @@ pub struct Vsock {
     scratch: Vec<u8>,
     /// Heads of TX chains consumed and not yet returned ([`TX_USED_BATCH`]).
     tx_used: Vec<u16>,
-    /// Fires [`TX_USED_DELAY`] after a TX buffer was held back.
-    pub(super) tx_timer: TimerFd,
-    tx_timer_armed: bool,
+    /// The device's one-shot timer ([`TX_USED_DELAY`]): returns TX buffers
+    /// held back, and looks again whether the guest took a transport reset.
+    pub(super) timer: TimerFd,
+    timer_armed: bool,
     /// After a transport reset: the guest's event-queue available index
     /// then, and when. Until the guest has taken the reset (it refills the
     /// event buffer, moving that index), nothing goes to its RX queue: a
@@ -98,7 +99,7 @@ pub enum VsockError {
     /// An eventfd could not be created.
     #[error("vsock eventfd: {0}")]
     EventFd(std::io::Error),
-    /// The TX batching timer could not be created.
+    /// The device timer could not be created.
     #[error("vsock timerfd: {0}")]
     TimerFd(std::io::Error),
 }
@@ -115,7 +116,7 @@ impl Vsock {
             .iter()
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd))
             .collect::<Result<_, _>>()?;
-        let tx_timer = TimerFd::new().map_err(|e| VsockError::TimerFd(std::io::Error::from_raw_os_error(e.errno())))?;
+        let timer = TimerFd::new().map_err(|e| VsockError::TimerFd(std::io::Error::from_raw_os_error(e.errno())))?;
         Ok(Vsock {
             cid,
             config: cid.to_le_bytes(),
@@ -127,8 +128,8 @@ impl Vsock {
             tx_paused: false,
             scratch: Vec::new(),
             tx_used: Vec::with_capacity(TX_USED_BATCH),
-            tx_timer,
-            tx_timer_armed: false,
+            timer,
+            timer_armed: false,
             reset_unseen: None,
         })
     }
@@ -174,9 +175,9 @@ impl Vsock {
     }
 
     fn arm_timer(&mut self) {
-        if !self.tx_timer_armed {
-            match self.tx_timer.reset(TX_USED_DELAY, None) {
-                Ok(()) => self.tx_timer_armed = true,
+        if !self.timer_armed {
+            match self.timer.reset(TX_USED_DELAY, None) {
+                Ok(()) => self.timer_armed = true,
                 // Without the timer the work waits for the next event.
                 Err(e) => tracing::warn!(error = %e, "vsock: cannot arm the device timer"),
             }
@@ -322,14 +323,14 @@ impl Vsock {
 
     /// The device timer fired: returns the TX buffers held back, and looks
     /// again whether RX may go on after a transport reset.
-    pub(super) fn tx_timer_fired(&mut self) {
-        if !self.tx_timer_armed {
+    pub(super) fn timer_fired(&mut self) {
+        if !self.timer_armed {
             // Not ours to read: the read below would block on an idle timer.
             return;
         }
         // Never disarmed once armed, so it has expired: this read returns.
-        let _ = self.tx_timer.wait();
-        self.tx_timer_armed = false;
+        let _ = self.timer.wait();
+        self.timer_armed = false;
         self.return_tx_used();
         if self.reset_unseen.is_some() {
             self.process_rx();

@@ -276,7 +276,7 @@ fn tx_buffers_come_back_in_batches_and_none_is_lost() {
     rig.send(guest_header(op::RW, 1), b"y", &[45]);
     assert_eq!(tx_used(&rig), TX_USED_BATCH);
     std::thread::sleep(TX_USED_DELAY);
-    rig.vsock.tx_timer_fired();
+    rig.vsock.timer_fired();
     assert_eq!(tx_used(&rig), TX_USED_BATCH + 1, "the timer returned the held buffer");
     // A snapshot returns held buffers before it saves the queue.
     rig.send(guest_header(op::RW, 1), b"z", &[45]);

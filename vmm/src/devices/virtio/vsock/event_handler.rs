@@ -1,6 +1,7 @@
 //! Wires the vsock device into the VMM thread's event-manager loop: the
-//! three queue eventfds (guest kicks), the muxer's epoll fd and the timer
-//! that returns held-back TX buffers.
+//! three queue eventfds (guest kicks), the muxer's epoll fd and the device's
+//! timer (held-back TX buffers, the wait for the guest to take a transport
+//! reset).
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -11,7 +12,7 @@ use crate::devices::virtio::Counters;
 use crate::devices::virtio::VirtioDevice;
 
 const MUXER: u32 = 3;
-const TX_TIMER: u32 = 4;
+const TIMER: u32 = 4;
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
@@ -27,7 +28,7 @@ impl MutEventSubscriber for Vsock {
         register(self.muxer.epoll_fd(), MUXER);
         {
             use std::os::fd::AsRawFd;
-            register(self.tx_timer.as_raw_fd(), TX_TIMER);
+            register(self.timer.as_raw_fd(), TIMER);
         }
     }
 
@@ -49,7 +50,7 @@ impl MutEventSubscriber for Vsock {
             }
             EVQ => {}
             _ if source == MUXER => self.process_backend(),
-            _ if source == TX_TIMER => self.tx_timer_fired(),
+            _ if source == TIMER => self.timer_fired(),
             _ => tracing::warn!(source, "vsock: event from an unknown source"),
         }
     }
