@@ -100,8 +100,9 @@ fn read_kvm(c: &Containerd, id: &str) -> Option<Counts> {
     KVM_COUNTERS.iter().map(|name| Some((name.to_string(), i64::try_from(*stats.get(*name)?).ok()?))).collect()
 }
 
+/// `after − before`, for the counters both readings have.
 fn diff(after: &Counts, before: &Counts) -> Counts {
-    after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).collect()
+    after.iter().filter_map(|(k, v)| Some((k.clone(), v - before.get(k)?))).collect()
 }
 
 fn ctr_ok(c: &Containerd, args: &[&str]) -> Result<String, String> {
@@ -144,17 +145,20 @@ fn run_op(c: &Containerd, flavour: &Flavour, id: &str) -> Result<Sample, String>
     Ok(Sample { secs, kvm: last, guest: None })
 }
 
-/// The guest's counters, read by exec'ing `cat` in container `id`.
+/// The guest's counters, read by exec'ing `cat` in container `id`. Each
+/// counter its kernel has: an older guest kernel without, say,
+/// `CONFIG_VM_EVENT_COUNTERS` still reports its context switches.
 fn guest_counts(c: &Containerd, id: &str, exec_id: &str) -> Option<Counts> {
     let text = ctr_ok(c, &["task", "exec", "--exec-id", exec_id, id, "cat", "/proc/stat", "/proc/vmstat"]).ok()?;
-    GUEST_COUNTERS
+    let counts: Counts = GUEST_COUNTERS
         .iter()
-        .map(|(_, key, label)| {
+        .filter_map(|(_, key, label)| {
             let line = text.lines().find(|l| l.split_whitespace().next() == Some(key))?;
             let v = line.split_whitespace().nth(1)?.parse().ok()?;
             Some((label.to_string(), v))
         })
-        .collect()
+        .collect();
+    (!counts.is_empty()).then_some(counts)
 }
 
 /// An exec of /bin/true in a running container, with its counters.
