@@ -19,6 +19,7 @@
 //! The request and answer types and the client side live in the contract
 //! crate shared with the runtime ([`kata_like_vmm_contract::api`]).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -164,60 +165,38 @@ impl Controller {
     }
 
     /// KVM's statistics summed over the vCPUs.
-    fn stats(&self) -> Response {
+    fn stats(&self) -> Result<BTreeMap<String, u64>, String> {
         if self.kvm_stats.is_empty() {
-            return Response {
-                ok: false,
-                error: Some("this host's KVM has no statistics descriptors (KVM_GET_STATS_FD, Linux 5.14)".into()),
-                state: Some(self.state_name()),
-                ..Response::default()
-            };
+            return Err("this host's KVM has no statistics descriptors (KVM_GET_STATS_FD, Linux 5.14)".into());
         }
-        match crate::kvm_stats::sum(&self.kvm_stats) {
-            Ok(stats) => {
-                Response { ok: true, state: Some(self.state_name()), stats: Some(stats), ..Response::default() }
-            }
-            Err(e) => Response {
-                ok: false,
-                error: Some(format!("reading KVM statistics: {e}")),
-                state: Some(self.state_name()),
-                ..Response::default()
-            },
-        }
+        crate::kvm_stats::sum(&self.kvm_stats).map_err(|e| format!("reading KVM statistics: {e}"))
     }
 
     /// Serves one request.
     pub fn handle(&mut self, request: Request) -> Response {
         let started = Instant::now();
+        // What the request answers beyond `ok` and `state`.
         let result = match &request {
-            Request::Pause => self.pause().map(|()| None),
-            Request::Resume => self.resume().map(|()| None),
-            Request::Status => Ok(None),
-            Request::Stats => return self.stats(),
-            Request::Snapshot { path } => self.snapshot(path).map(Some),
+            Request::Pause => self.pause().map(|()| Response::default()).map_err(|e| e.to_string()),
+            Request::Resume => self.resume().map(|()| Response::default()).map_err(|e| e.to_string()),
+            Request::Status => Ok(Response::default()),
+            Request::Stats => self.stats().map(|stats| Response { stats: Some(stats), ..Response::default() }),
+            Request::Snapshot { path } => self.snapshot(path).map_err(|e| e.to_string()).map(|stats| {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(path = %path.display(), ram = stats.ram_bytes, data = stats.data_bytes, ms, "snapshot written");
+                Response {
+                    ram_bytes: Some(stats.ram_bytes),
+                    data_bytes: Some(stats.data_bytes),
+                    ms: Some(ms),
+                    ..Response::default()
+                }
+            }),
         };
         match result {
-            Ok(stats) => {
-                if let (Request::Snapshot { path }, Some(stats)) = (&request, stats) {
-                    tracing::info!(path = %path.display(), ram = stats.ram_bytes, data = stats.data_bytes, ms = started.elapsed().as_millis() as u64, "snapshot written");
-                }
-                Response {
-                    ok: true,
-                    state: Some(self.state_name()),
-                    ram_bytes: stats.map(|s| s.ram_bytes),
-                    data_bytes: stats.map(|s| s.data_bytes),
-                    ms: stats.map(|_| started.elapsed().as_millis() as u64),
-                    ..Response::default()
-                }
-            }
+            Ok(response) => Response { ok: true, state: Some(self.state_name()), ..response },
             Err(e) => {
                 tracing::warn!(error = %e, ?request, "control request failed");
-                Response {
-                    ok: false,
-                    error: Some(e.to_string()),
-                    state: Some(self.state_name()),
-                    ..Response::default()
-                }
+                Response { ok: false, error: Some(e), state: Some(self.state_name()), ..Response::default() }
             }
         }
     }
