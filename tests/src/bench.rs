@@ -9,6 +9,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median of the finite samples; `None` if there is none (a table
+/// prints "n/a" for it).
+pub fn finite_median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// The `p`th percentile (0..=100, nearest rank); NaN for no samples.
 pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use kata_like_protocol::AgentClient;
 use kata_like_runtime::vm::log_value;
 use kata_like_vmm::clock::monotonic_ns;
+use test_infra::bench::finite_median;
 use test_infra::Artifacts;
 
 const MEMORY_MIB: u64 = 128;
@@ -223,15 +224,6 @@ fn qemu_run(art: &Artifacts, probe: &Path, dir: &Path, cmdline: &str) -> Run {
     run
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
-    values.retain(|v| v.is_finite());
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(|a, b| a.total_cmp(b));
-    Some(values[values.len() / 2])
-}
-
 fn fmt(v: Option<f64>, unit: &str) -> String {
     v.map_or("n/a".to_string(), |v| format!("{v:.1} {unit}"))
 }
@@ -263,7 +255,7 @@ fn main() {
         qemu.push(run);
     }
 
-    let pick = |runs: &[Run], f: fn(&Run) -> Option<f64>| median(runs.iter().filter_map(f).collect());
+    let pick = |runs: &[Run], f: fn(&Run) -> Option<f64>| finite_median(runs.iter().filter_map(f).collect());
     let overhead =
         |r: &Run| Some(r.rss_total_kib.saturating_sub(r.rss_guest_kib) as f64 / 1024.0).filter(|_| r.rss_total_kib > 0);
     let guest = |r: &Run| Some(r.rss_guest_kib as f64 / 1024.0).filter(|_| r.rss_total_kib > 0);

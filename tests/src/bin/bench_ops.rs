@@ -28,10 +28,11 @@
 //!
 //! Absolute times measure the nested emulator; compare the ratios.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+use test_infra::bench::finite_median;
 use test_infra::containerd::{Containerd, IMAGE, RUNTIME};
 
 /// The KVM counters reported, as KVM_GET_STATS_FD names them.
@@ -199,21 +200,13 @@ fn exec_op(c: &Containerd, flavour: &Flavour, id: &str) -> Result<Sample, String
     result
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.retain(|x| x.is_finite());
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied()
-}
-
+/// Each counter's median over the samples that have it.
 fn median_counts(samples: &[Sample], pick: fn(&Sample) -> Option<&Counts>) -> Counts {
-    let mut keys: Vec<String> = samples.iter().filter_map(pick).flat_map(|c| c.keys().cloned()).collect();
-    keys.dedup();
-    keys.sort();
-    keys.dedup();
+    let keys: BTreeSet<&String> = samples.iter().filter_map(pick).flat_map(|c| c.keys()).collect();
     keys.into_iter()
         .filter_map(|k| {
-            let values = samples.iter().filter_map(pick).filter_map(|c| c.get(&k).map(|v| *v as f64)).collect();
-            median(values).map(|m| (k, m as i64))
+            let values = samples.iter().filter_map(pick).filter_map(|c| c.get(k).map(|v| *v as f64)).collect();
+            finite_median(values).map(|m| (k.clone(), m as i64))
         })
         .collect()
 }
@@ -244,7 +237,7 @@ fn main() {
         }
     }
 
-    let secs = |s: &[Sample]| median(s.iter().map(|x| x.secs).collect());
+    let secs = |s: &[Sample]| finite_median(s.iter().map(|x| x.secs).collect());
     let fmt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.2} s"));
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),

@@ -150,9 +150,9 @@ fn main() {
     // Warm-ups, not timed: the first sandbox of a config builds its VM
     // template.
     run(&c, &["--runtime", RUNTIME], "warm-k", 10).unwrap_or_else(|e| panic!("kata-like warm-up: {e}"));
-    if let Some(config) = &baseline {
-        let extra = ["--runtime", RUNTIME, "--runtime-config-path", config.as_str()];
-        run(&c, &extra, "warm-b", 10).unwrap_or_else(|e| panic!("kata-like, baseline warm-up: {e}"));
+    let baseline_flags = baseline.as_deref().map(|config| ["--runtime", RUNTIME, "--runtime-config-path", config]);
+    if let Some(flags) = &baseline_flags {
+        run(&c, flags, "warm-b", 10).unwrap_or_else(|e| panic!("kata-like, baseline warm-up: {e}"));
     }
 
     // Sample the kata-like shim and VMM while the output streams.
@@ -175,9 +175,8 @@ fn main() {
     let (shim_kib, vmm_kib) = sampler.join().unwrap_or((0, 0));
     let (secs, bytes) = ours.unwrap_or_else(|e| panic!("kata-like: {e}"));
     eprintln!("kata-like: {bytes} bytes in {secs:.1} s");
-    let base = baseline.as_ref().map(|config| {
-        let extra = ["--runtime", RUNTIME, "--runtime-config-path", config.as_str()];
-        let (s, b) = run(&c, &extra, "out-b", last).unwrap_or_else(|e| panic!("kata-like, baseline: {e}"));
+    let base = baseline_flags.as_ref().map(|flags| {
+        let (s, b) = run(&c, flags, "out-b", last).unwrap_or_else(|e| panic!("kata-like, baseline: {e}"));
         eprintln!("kata-like, baseline config: {b} bytes in {s:.1} s");
         s
     });
