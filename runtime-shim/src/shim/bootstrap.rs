@@ -64,6 +64,9 @@ pub const FEATURES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-
 const MAX_STDIN: u64 = 4 << 20;
 /// How long a server that closed its stdout gets to answer on its socket.
 const SERVE_GRACE: Duration = Duration::from_secs(5);
+/// How long the server gets to start listening (to close its stdout); it
+/// takes milliseconds once containerd has opened the shim's log.
+const LISTEN_GRACE: Duration = Duration::from_secs(10);
 
 /// What is wrong with a start or info request, or with starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -421,10 +424,25 @@ fn wait_serving(child: &mut Child, address: &str) -> Result<(), BootstrapError> 
     // The server's stdout closes once it listens (or found the pod's
     // server); its log lines until then go to our stderr, as containerd
     // expects of a shim.
+    // Bounded: before it listens the server opens the bundle's `log` FIFO
+    // (the containerd-shim crate's logger, a blocking open) and waits there
+    // until containerd opens the other end, which a containerd killed
+    // during `start` never does: both processes waited forever (found by
+    // the fault loop killing containerd 25-35 ms into a `ctr run`).
     if let Some(mut out) = child.stdout.take() {
-        let mut echo = Vec::new();
-        let _ = out.read_to_end(&mut echo);
-        let _ = std::io::stderr().write_all(&echo);
+        let (echoed, echo) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = out.read_to_end(&mut bytes);
+            let _ = echoed.send(bytes);
+        });
+        let bytes = echo.recv_timeout(LISTEN_GRACE).map_err(|_| {
+            BootstrapError::Server(format!(
+                "not listening after {} s (containerd never opened the shim's log: is it gone?)",
+                LISTEN_GRACE.as_secs()
+            ))
+        })?;
+        let _ = std::io::stderr().write_all(&bytes);
     }
     let deadline = Instant::now() + SERVE_GRACE;
     loop {
